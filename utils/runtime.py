@@ -1,0 +1,96 @@
+"""Runtime helpers: device choice, seeding, and the fast mode used by CI.
+
+Fast mode (``LLM_COURSE_FAST=1``, set by ``make test``) shrinks every experiment so the whole
+course executes under nbval in minutes; default mode is what a learner runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+_DEVICES = ("cuda", "mps", "cpu")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def is_fast() -> bool:
+    """True when ``LLM_COURSE_FAST`` is set to 1/true/yes/on (read at call time)."""
+    value = os.environ.get("LLM_COURSE_FAST", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"LLM_COURSE_FAST={value!r} is not understood; set it to 1 (fast mode) or 0 / unset it."
+    )
+
+
+def pick(default: T, fast: T) -> T:
+    """Return ``fast`` in fast mode, else ``default``: ``steps = pick(default=2000, fast=50)``."""
+    return fast if is_fast() else default
+
+
+def get_device(override: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then CPU.
+
+    ``override`` (or the environment variable ``LLM_COURSE_DEVICE``) forces one of
+    "cuda", "mps", "cpu" (an index such as "cuda:1" is allowed); asking for a device that is
+    not available raises ``RuntimeError`` rather than silently falling back.
+    """
+    wanted = override if override is not None else os.environ.get("LLM_COURSE_DEVICE")
+    if wanted:
+        kind = wanted.split(":")[0].lower()
+        if kind not in _DEVICES:
+            raise ValueError(f"unknown device {wanted!r}; choose one of {', '.join(_DEVICES)}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        if kind == "mps" and not _mps_available():
+            raise RuntimeError("device 'mps' was requested but this torch build/machine has no MPS")
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (all devices) so a run is repeatable."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def environment_report() -> dict[str, str]:
+    """Versions and settings worth printing at the top of a notebook or a bug report."""
+    import platform
+
+    report = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(get_device()),
+        "torch threads": str(torch.get_num_threads()),
+        "fast mode": str(is_fast()),
+    }
+    if torch.cuda.is_available():
+        report["gpu"] = torch.cuda.get_device_name(0)
+    return report
