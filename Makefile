@@ -45,5 +45,9 @@ execute:
 	LLM_COURSE_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=1800 $(or $(NB),$(NOTEBOOKS))
 
+# The course model: trains the default recipe (utils/pretrain.py) and writes data/checkpoints/.
+pretrain:
+	$(PY) -m utils.pretrain
+
 clean:
 	rm -rf data/corpus data/cache .pytest_cache .hypothesis

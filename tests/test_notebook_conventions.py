@@ -1,0 +1,69 @@
+"""The conventions every notebook follows (see README, 'Writing a notebook')."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SETUP_CELL = (ROOT / "notebooks" / "_setup_cell.py").read_text(encoding="utf-8")
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _source(cell):
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+def test_there_is_a_notebook_00():
+    assert NOTEBOOKS and NOTEBOOKS[0].name.startswith("00_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_shared_setup_cell(path):
+    code = [c for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    assert code, "a notebook without code"
+    assert _source(code[0]).strip() == SETUP_CELL.strip(), (
+        "the first code cell must be notebooks/_setup_cell.py verbatim")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_title_build_list_summary_and_exercises(path):
+    cells = _load(path)["cells"]
+    markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
+    number = path.name[:2]
+    assert re.search(rf"^# {number} — ", markdown, re.M), f"title must start with '# {number} — '"
+    headings = re.findall(r"^## (.+)$", markdown, re.M)
+    assert headings[0].strip().lower() == "what you will build", headings[:3]
+    assert any(h.strip().lower() == "summary" for h in headings)
+    assert headings[-1].strip().lower().startswith("exercises")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_executed_in_order_without_errors(path):
+    code = [c for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code if c.get("execution_count") is not None]
+    assert len(counts) == len(code), "every code cell must be executed (run `make execute`)"
+    assert counts == sorted(counts) and counts[0] == 1, "re-run the notebook top to bottom"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"stored error output: {errors[0].get('ename')}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_checks_some_outputs_under_nbval(path):
+    sources = [_source(c) for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    assert any("# NBVAL_CHECK_OUTPUT" in s for s in sources), (
+        "mark the 'check against the real thing' cell with # NBVAL_CHECK_OUTPUT")
+
+
+def test_repository_url_lives_in_the_setup_cell_and_readme_uses_the_same():
+    url = re.search(r'COURSE_REPO = "([^"]+)"', SETUP_CELL).group(1)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    colab = re.findall(r"colab\.research\.google\.com/github/([^)\s]+?)/blob/", readme)
+    assert colab, "README links each notebook to Colab"
+    assert all(url.endswith(c) for c in colab), (url, set(colab))
