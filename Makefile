@@ -37,8 +37,9 @@ unit:
 notebooks:
 	LLM_COURSE_FAST=1 $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)
 
+# Loopback only; --allow-root only where we run as root (containers), which Jupyter refuses otherwise.
 lab:
-	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(LAB_ARGS)
+	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # NB=notebooks/01_tokenization.ipynb re-executes one notebook.
 execute:
