@@ -1,0 +1,498 @@
+"""Attention from scratch: scaled dot-product attention, multi-head (and grouped-query) attention,
+tiled "flash" attention with the online softmax, and positional encodings.
+
+Everything here is written out step by step and checked against PyTorch in ``tests/test_attention.py``:
+
+- :func:`scaled_dot_product_attention` — scores, scale, mask, softmax, weighted sum (equals
+  ``torch.nn.functional.scaled_dot_product_attention``), optionally returning the weights;
+- :func:`flash_attention` — the same result computed block by block with a running max and sum,
+  never building the full (Tq, Tk) score matrix;
+- :class:`MultiHeadAttention` — self- or cross-attention with separate q/k/v/out projections, so
+  grouped-query attention (``n_kv_head < n_head``) and multi-query attention (``n_kv_head=1``) are
+  just smaller k/v projections; optional RoPE and a KV cache (see ``utils.model.KVCache``);
+- positional encodings: :func:`sinusoidal_positions`, :class:`LearnedPositionalEmbedding`,
+  :class:`RotaryEmbedding` + :func:`apply_rope`.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, T / Tq query length, Tk key length,
+d (or hd) the per-head dimension, C = n_embd = H * hd.
+
+Causal masks are aligned to the END when there are fewer queries than keys (Tq < Tk): query ``i``
+may attend to keys ``j <= i + (Tk - Tq)``. That is what a KV cache needs (the new queries are the
+last Tq positions of the sequence). Note that ``torch.nn.functional.scaled_dot_product_attention``
+with ``is_causal=True`` aligns to the top-left instead; the two agree when Tq == Tk.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "flash_attention",
+    "causal_mask",
+    "attend",
+    "MultiHeadAttention",
+    "sinusoidal_positions",
+    "LearnedPositionalEmbedding",
+    "RotaryEmbedding",
+    "apply_rope",
+    "rotate_half",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the attention functions
+# ---------------------------------------------------------------------------------------------
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., T, d), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same last dimension d (their dot product is the score), "
+                         f"got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same length Tk (one value per key), "
+                         f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"k and v must have the same leading shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+
+
+def _expand_kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention: repeat each k/v head for the q heads of its group.
+
+    With q (B, H, Tq, d) and k, v (B, Hkv, Tk, d) where H is a multiple of Hkv, query head ``h`` uses
+    key/value head ``h // (H // Hkv)`` (the same grouping as torch's ``enable_gqa`` and Hugging Face).
+    """
+    if q.dim() >= 3 and k.dim() == q.dim():
+        hq, hk = q.shape[-3], k.shape[-3]
+        if hq != hk and hk != 1:
+            if hq % hk:
+                raise ValueError(f"grouped-query attention needs the number of query heads ({hq}) to be a "
+                                 f"multiple of the number of key/value heads ({hk}); q {tuple(q.shape)}, "
+                                 f"k {tuple(k.shape)}")
+            k = k.repeat_interleave(hq // hk, dim=-3)
+            v = v.repeat_interleave(hq // hk, dim=-3)
+    return k, v
+
+
+def causal_mask(tq: int, tk: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (Tq, Tk) mask, True where query ``i`` may attend key ``j``: ``j <= i + (Tk - Tq)``.
+
+    Aligned to the end, so the Tq queries are the last Tq positions of a Tk-long sequence
+    (for Tq == Tk this is the usual lower-triangular mask).
+    """
+    if tq > tk:
+        raise ValueError(f"a causal mask with more queries ({tq}) than keys ({tk}) leaves the first "
+                         f"{tq - tk} queries with nothing to attend to; pass at least as many keys as queries")
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
+
+
+def _check_mask(mask: torch.Tensor, batch_shape: torch.Size, tq: int, tk: int) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor (bool: True = may attend, or additive float), "
+                        f"got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"mask must be bool (True = may attend) or floating point (added to the scores), "
+                        f"got dtype {mask.dtype}; convert it with mask.bool()")
+    target = (*batch_shape, tq, tk)
+    try:
+        ok = torch.broadcast_shapes(mask.shape, target) == torch.Size(target)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+                         f"{target} (..., Tq, Tk); e.g. a padding mask over keys should be shaped (B, 1, 1, Tk)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaled dot-product attention, written out
+# ---------------------------------------------------------------------------------------------
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 mask: torch.Tensor | None = None, is_causal: bool = False,
+                                 dropout_p: float = 0.0, return_weights: bool = False,
+                                 scale: float | None = None):
+    """softmax(q k^T / sqrt(d) + mask) v, step by step.
+
+    Args:
+        q: (..., Tq, d) queries. k: (..., Tk, d) keys. v: (..., Tk, dv) values. The leading
+           dimensions broadcast; with q (B, H, Tq, d) and k, v (B, Hkv, Tk, d) where H is a multiple
+           of Hkv, each key/value head serves H // Hkv query heads (grouped-query attention).
+        mask: bool (True = may attend) or float (added to the scores, e.g. 0 / -inf), broadcastable
+           to (..., Tq, Tk).
+        is_causal: also forbid attending to later positions, aligned to the end when Tq < Tk
+           (query i sees keys j <= i + Tk - Tq). Combined with ``mask`` when both are given.
+        dropout_p: dropout on the attention weights (only use it while training).
+        return_weights: also return the (..., Tq, Tk) attention weights (after dropout).
+        scale: score scale, default 1 / sqrt(d).
+
+    Returns:
+        out (..., Tq, dv), or (out, weights) when ``return_weights``.
+
+    A query row whose keys are all masked by a *boolean* mask gets uniform weights over its keys
+    (masked scores are set to the most negative finite number, not -inf), so it never produces NaN.
+    """
+    _check_qkv(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    k, v = _expand_kv_heads(q, k, v)
+    tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk): how much each query matches each key
+
+    if mask is not None:
+        _check_mask(mask, scores.shape[:-2], tq, tk)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask.to(scores.dtype)
+    if is_causal:
+        scores = scores.masked_fill(~causal_mask(tq, tk, device=q.device), torch.finfo(scores.dtype).min)
+
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # each row sums to 1
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p, training=True)
+    out = weights @ v  # (..., Tq, dv): a weighted average of the values
+    return (out, weights) if return_weights else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Flash attention: tiles + online softmax
+# ---------------------------------------------------------------------------------------------
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                    block_size: int = 64, scale: float | None = None) -> torch.Tensor:
+    """Exact attention computed tile by tile with the online softmax (Dao et al., 2022).
+
+    For each block of ``block_size`` queries we walk over blocks of ``block_size`` keys keeping, per
+    query row, the running maximum ``m`` of the scores seen so far, the running sum ``l`` of
+    ``exp(score - m)`` and the running un-normalised output ``acc``. When a new block raises the
+    maximum, the old sum and output are rescaled by ``exp(m_old - m_new)``. At the end ``acc / l`` is
+    exactly softmax(scores) @ v, but no more than a (block, block) tile of scores ever exists.
+    With ``is_causal``, key blocks entirely in the future of a query block are skipped.
+
+    Args: q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) (GQA heads as in
+    :func:`scaled_dot_product_attention`). Returns (..., Tq, dv).
+
+    This is a teaching implementation: the tiling saves memory, but the Python loop over tiles is
+    slow; real kernels run the same algorithm inside one GPU kernel, with tiles in on-chip SRAM.
+    """
+    _check_qkv(q, k, v)
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    k, v = _expand_kv_heads(q, k, v)
+    tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if is_causal and tq > tk:
+        raise ValueError(f"causal attention with more queries ({tq}) than keys ({tk}) leaves some queries "
+                         "with nothing to attend to")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    shift = tk - tq  # causal alignment to the end
+    batch_shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    out = q.new_empty(*batch_shape, tq, v.shape[-1])
+    neg = torch.finfo(torch.float32).min
+
+    for qs in range(0, tq, block_size):
+        qe = min(qs + block_size, tq)
+        qb = q[..., qs:qe, :].float() * scale
+        m = torch.full((*batch_shape, qe - qs, 1), neg, dtype=torch.float32, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(*batch_shape, qe - qs, v.shape[-1], dtype=torch.float32, device=q.device)
+        k_end = min(tk, qe - 1 + shift + 1) if is_causal else tk  # last key the last query may see, +1
+        for ks in range(0, k_end, block_size):
+            ke = min(ks + block_size, k_end)
+            s = qb @ k[..., ks:ke, :].float().transpose(-2, -1)  # (..., bq, bk): one tile of scores
+            if is_causal and ke - 1 > qs + shift:  # the tile crosses the diagonal
+                rows = torch.arange(qs, qe, device=q.device)[:, None] + shift
+                cols = torch.arange(ks, ke, device=q.device)[None, :]
+                s = s.masked_fill(cols > rows, float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            p = torch.exp(s - m_new)  # masked entries give exp(-inf) = 0
+            correction = torch.exp(m - m_new)  # rescale what was accumulated under the old max
+            l = l * correction + p.sum(dim=-1, keepdim=True)
+            acc = acc * correction + p @ v[..., ks:ke, :].float()
+            m = m_new
+        out[..., qs:qe, :] = (acc / l).to(out.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel used inside the modules
+# ---------------------------------------------------------------------------------------------
+
+def _probe_enable_gqa() -> bool:
+    try:
+        x = torch.zeros(1, 2, 1, 2)
+        F.scaled_dot_product_attention(x, x[:, :1], x[:, :1], enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+_TORCH_HAS_GQA = _probe_enable_gqa()
+ATTENTION_IMPLS = ("torch", "ours")
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           is_causal: bool = False, dropout_p: float = 0.0, impl: str = "torch") -> torch.Tensor:
+    """Attention as used by the modules: q (B, H, Tq, d), k/v (B, Hkv, Tk, d) -> (B, H, Tq, d).
+
+    ``impl="ours"`` runs :func:`scaled_dot_product_attention`; ``impl="torch"`` runs PyTorch's fused
+    kernel (same numbers, tested, but faster and lighter on memory), with the causal mask aligned to
+    the end like ours.
+    """
+    if impl == "ours":
+        return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    if impl != "torch":
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+    tq, tk = q.shape[-2], k.shape[-2]
+    if is_causal and (tq != tk or mask is not None):
+        cm = causal_mask(tq, tk, device=q.device)
+        if mask is None:
+            mask = cm
+        elif mask.dtype == torch.bool:
+            mask = mask & cm
+        else:
+            mask = mask.masked_fill(~cm, float("-inf"))
+        is_causal = False
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    if k.shape[-3] != q.shape[-3]:
+        if _TORCH_HAS_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                  dropout_p=dropout_p, enable_gqa=True)
+        k, v = _expand_kv_heads(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Positional encodings
+# ---------------------------------------------------------------------------------------------
+
+def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
+    """The fixed encodings of "Attention Is All You Need": (T, d).
+
+    ``pe[t, 2i] = sin(t / base^(2i/d))`` and ``pe[t, 2i+1] = cos(t / base^(2i/d))``: every pair of
+    dimensions is a clock turning at its own speed, fast for the first pairs, slow for the last.
+    """
+    if T < 1 or d < 2 or d % 2:
+        raise ValueError(f"sinusoidal_positions needs T >= 1 and an even d >= 2, got T={T}, d={d}")
+    pos = torch.arange(T, dtype=torch.float32)[:, None]
+    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
+    angles = pos * inv_freq  # (T, d/2)
+    pe = torch.empty(T, d)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """One learned vector per position (GPT-2, BERT): positions (T,) or (B, T) -> (..., T, d).
+
+    It only knows the ``max_len`` positions it was trained on: asking for a later one is an error
+    (this is what fixes GPT-2's context window at 1024).
+    """
+
+    def __init__(self, max_len: int, d: int):
+        super().__init__()
+        self.max_len = max_len
+        self.weight = nn.Parameter(torch.empty(max_len, d))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        if positions.numel() and int(positions.max()) >= self.max_len:
+            raise ValueError(f"position {int(positions.max())} is beyond the {self.max_len} learned positions "
+                             f"(0..{self.max_len - 1}); learned positions cannot extrapolate: shorten the "
+                             "sequence (or, when generating, re-run the last block_size tokens without the cache)")
+        return F.embedding(positions, self.weight)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension (the Llama / HF convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, hd) by the angles whose cos/sin are given, broadcastable to x.
+
+    Convention: "rotate-half" (as Hugging Face Llama): dimension ``i`` is paired with ``i + hd/2``,
+    and the pair is rotated by angle ``t * base^(-2i/hd)``. (The original RoPE paper pairs adjacent
+    dimensions 2i, 2i+1 — "interleaved"; the two are the same up to a fixed permutation of the
+    dimensions, which is why Llama checkpoints converted between them permute q/k weights.)
+    """
+    return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021) for heads of size ``head_dim``.
+
+    ``cos_sin(position_ids)`` returns (cos, sin) to use with :func:`apply_rope`:
+    for position_ids (T,) they are (T, hd); for (B, T) they are (B, 1, T, hd) (broadcast over heads).
+    Because q at position m and k at position n are rotated by m and n, their dot product depends
+    only on m - n: attention sees *relative* positions. The tables are computed up to
+    ``max_seq_len`` and extended on demand (RoPE has no learned limit; quality beyond the trained
+    length is another matter).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0):
+        super().__init__()
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {head_dim}")
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        self.head_dim, self.base = head_dim, float(base)
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_seq_len)
+
+    def _build(self, n: int) -> None:
+        device = self.inv_freq.device
+        t = torch.arange(n, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, self.inv_freq)  # (n, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (n, hd): rotate-half layout
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.max_seq_len = n
+
+    def cos_sin(self, position_ids: torch.Tensor | int, T: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for the given positions.
+
+        ``position_ids`` a tensor (T,) -> (T, hd) each; (B, T) -> (B, 1, T, hd) each (broadcast over
+        heads). Or an int ``start`` with ``T``: the contiguous positions start..start+T-1 (a slice of
+        the table, the fast path used when no row is padded).
+        """
+        if isinstance(position_ids, int):
+            if T is None:
+                raise ValueError("cos_sin(start, T): give the number of positions T with an int start")
+            end = position_ids + T
+            if end > self.max_seq_len:
+                self._build(max(end, 2 * self.max_seq_len))
+            return self.cos[position_ids:end], self.sin[position_ids:end]
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() not in (1, 2):
+            raise ValueError(f"position_ids must be an int start, or a tensor (T,) or (B, T); got "
+                             f"{getattr(position_ids, 'shape', position_ids)!r}")
+        if position_ids.dtype.is_floating_point:
+            raise TypeError(f"position_ids must be integers, got {position_ids.dtype}")
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
+        if needed > self.max_seq_len:
+            self._build(max(needed, 2 * self.max_seq_len))
+        cos, sin = self.cos[position_ids], self.sin[position_ids]
+        if position_ids.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor | int = 0):
+        """Rotate q (B, H, T, hd) and k (B, Hkv, T, hd) by their positions: a tensor (T,) or (B, T),
+        or an int start of contiguous positions."""
+        cos, sin = self.cos_sin(position_ids, q.shape[-2])
+        if cos.dtype != q.dtype:
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head attention
+# ---------------------------------------------------------------------------------------------
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self- or cross-attention with optional grouped-query heads, RoPE and KV cache.
+
+    Args:
+        n_embd: model width C. n_head: number of query heads H (C % H == 0; head_dim = C // H).
+        n_kv_head: key/value heads Hkv (H % Hkv == 0). None = H (classic multi-head); 1 = multi-query.
+        bias: biases in the four projections. dropout: on attention weights and on the output.
+        causal: mask future positions (decoder self-attention). Ignored for cross-attention.
+        rope: a :class:`RotaryEmbedding` applied to q and k (self-attention only), or None.
+        cross: keys and values come from ``context`` (the encoder output), not from ``x``.
+        impl: "torch" (PyTorch's fused kernel) or "ours" (:func:`scaled_dot_product_attention`).
+
+    Projections: ``q_proj`` C -> H*hd, ``k_proj`` and ``v_proj`` C -> Hkv*hd, ``out_proj`` C -> C.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, causal: bool = True, rope: RotaryEmbedding | None = None,
+                 cross: bool = False, impl: str = "torch"):
+        super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_head < 1 or n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets "
+                             f"n_embd // n_head dimensions")
+        if n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head}): each key/value "
+                             "head is shared by a group of n_head // n_kv_head query heads")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+        if rope is not None and cross:
+            raise ValueError("RoPE is for self-attention; cross-attention keys come from another sequence")
+        self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, n_kv_head
+        self.head_dim = n_embd // n_head
+        self.causal, self.cross, self.rope, self.impl = causal and not cross, cross, rope, impl
+        self.dropout = dropout
+        self.q_proj = nn.Linear(n_embd, n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, kv_cache=None, layer_idx: int | None = None,
+                need_weights: bool = False, is_causal: bool | None = None):
+        """x (B, T, C) -> (B, T, C), or (out, weights (B, H, T, Tk)) with ``need_weights``.
+
+        context: (B, S, C), required for cross-attention. mask: bool / additive, broadcastable to
+        (B, H, T, Tk). position_ids: for RoPE, a tensor (T,) or (B, T), or an int start of contiguous
+        positions (default: the positions right after what the cache holds, else 0).
+        kv_cache / layer_idx: an object with ``update(layer_idx, k, v) -> (k_all, v_all)`` and
+        ``length`` (``utils.model.KVCache``): the new keys/values are written into it and attention
+        runs over everything cached. is_causal: override the module's ``causal`` (the model passes
+        False when ``mask`` already contains the causal part).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.n_embd:
+            raise ValueError(f"x must be (B, T, n_embd={self.n_embd}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs `context` (B, S, n_embd), e.g. the encoder output")
+            if context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.n_embd:
+                raise ValueError(f"context must be (B={B}, S, n_embd={self.n_embd}), got {tuple(context.shape)}")
+            if kv_cache is not None:
+                raise ValueError("the KV cache is for self-attention; cross-attention recomputes from context")
+            src = context
+        else:
+            if context is not None:
+                raise ValueError("context is only used by cross-attention (MultiHeadAttention(cross=True))")
+            src = x
+        S = src.shape[1]
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
+        v = self.v_proj(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.rope is not None:
+            if position_ids is None:
+                position_ids = kv_cache.length if kv_cache is not None else 0
+            q, k = self.rope(q, k, position_ids)
+        if kv_cache is not None:
+            if layer_idx is None:
+                raise ValueError("pass layer_idx with kv_cache (which layer's slot to write)")
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, Hkv, past + T, hd), views of the cache
+        causal = self.causal if is_causal is None else is_causal
+        if causal and T == 1:
+            causal = False  # one new query may see every cached key
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            y, w = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=p,
+                                                return_weights=True)
+        else:
+            y = attend(q, k, v, mask=mask, is_causal=causal, dropout_p=p, impl=self.impl)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side again
+        y = self.resid_dropout(self.out_proj(y))
+        return (y, w) if need_weights else y
