@@ -296,3 +296,15 @@ def test_bad_inputs_raise_clear_errors():
         MultiHeadAttention(16, 2, cross=True)(torch.randn(2, 5, 16))
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding(7)
+
+
+def test_peak_tensor_memory_sees_the_quadratic_score_matrix_only_in_naive_attention():
+    from utils.attention import peak_tensor_memory
+
+    q, k, v = _qkv(1, 2, tq=256, tk=256, d=16)
+    scores_bytes = 2 * 256 * 256 * 4
+    out, naive = peak_tensor_memory(scaled_dot_product_attention, q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    _, tiled = peak_tensor_memory(flash_attention, q, k, v, block_size=32)
+    assert naive >= scores_bytes
+    assert tiled < scores_bytes / 4

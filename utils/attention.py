@@ -41,6 +41,7 @@ __all__ = [
     "RotaryEmbedding",
     "apply_rope",
     "rotate_half",
+    "peak_tensor_memory",
 ]
 
 
@@ -496,3 +497,77 @@ class MultiHeadAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side again
         y = self.resid_dropout(self.out_proj(y))
         return (y, w) if need_weights else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring memory on any device
+# ---------------------------------------------------------------------------------------------
+
+class _LiveTensorBytes:
+    """Counts the bytes of tensor storages allocated during a call that are still alive, op by op.
+
+    Implemented as a ``TorchDispatchMode``: every ATen op's outputs are seen; a storage not seen
+    before (and not one of the inputs') is counted until its last tensor is freed (weakref.finalize).
+    """
+
+    def __init__(self, external: set[int]):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(t, torch.Tensor):
+                        tracker._track(t)
+                return out
+
+        self.mode = _Mode()
+        self.external = external
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [nbytes, tensors alive]
+        self.current = self.peak = 0
+
+    def _track(self, t: torch.Tensor) -> None:
+        import weakref
+
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key, nbytes = storage.data_ptr(), storage.nbytes()
+        if key == 0 or nbytes == 0 or key in self.external:
+            return
+        if key in self.live:
+            self.live[key][1] += 1
+        else:
+            self.live[key] = [nbytes, 1]
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+
+def peak_tensor_memory(fn, *args, **kwargs) -> tuple[object, int]:
+    """Run ``fn(*args, **kwargs)`` and return (result, peak bytes of tensors it allocated).
+
+    Works on any device, including CPU (where ``tracemalloc`` cannot see torch's allocations):
+    every op's output storage is counted while it is alive; the inputs are not counted; the
+    result is counted (it is alive at the end). Buffers that a fused kernel allocates internally
+    and frees before returning (e.g. the per-thread tiles of torch's CPU flash kernel) are not
+    visible, so for such kernels this is a lower bound. On CUDA, ``torch.cuda.max_memory_allocated``
+    measures the allocator directly.
+    """
+    external = {a.untyped_storage().data_ptr() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+    tracker = _LiveTensorBytes(external)
+    with torch.no_grad(), tracker.mode:
+        result = fn(*args, **kwargs)
+    return result, tracker.peak

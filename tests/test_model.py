@@ -1,0 +1,309 @@
+"""utils/model.py: GPT equals Hugging Face GPT-2, the KV cache equals recompute, counts equal numel."""
+
+import math
+
+import pytest
+import torch
+
+from utils.model import (PUBLISHED_ARCHITECTURES, GPT, EncoderDecoder, EncoderModel, GPTConfig, KVCache,
+                         architecture_parameters, count_parameters, memory_footprint)
+
+ATOL = 1e-5
+
+
+def _cfg(**kw):
+    base = dict(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def _ids(B, T, vocab=61, seed=0):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- config --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(n_embd=30, n_head=4), "divisible by n_head"),
+    (dict(n_kv_head=3), "multiple of n_kv_head"),
+    (dict(norm="batchnorm"), "norm='batchnorm' is not one of"),
+    (dict(mlp="tanh"), "mlp='tanh'"),
+    (dict(pos="alibi"), "pos='alibi'"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(n_layer=0), "n_layer must be a positive int"),
+    (dict(n_embd=12, n_head=4, pos="rope"), "must be even"),
+])
+def test_config_rejects_bad_values_with_clear_messages(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**kw)
+
+
+# ---- parameter counting --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(bias=False, norm="rmsnorm", mlp="swiglu", pos="rope"),
+    dict(n_kv_head=1, tie_weights=False),
+    dict(n_kv_head=2, mlp="relu", norm_position="post", ffn_hidden=40),
+    dict(n_layer=3, n_head=2, n_embd=48, mlp="swiglu", bias=True, pos="rope", n_kv_head=1),
+])
+def test_count_parameters_equals_numel_of_the_built_model(kw):
+    cfg = _cfg(**kw)
+    model = GPT(cfg)
+    assert count_parameters(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_published_model_sizes_are_reproduced_within_one_percent():
+    published = {"GPT-2 small": 124e6, "BERT-base": 110e6, "Llama-2-7B": 6.7e9, "Mixtral-8x7B": 46.7e9}
+    for name, size in published.items():
+        total = architecture_parameters(PUBLISHED_ARCHITECTURES[name])["total"]
+        assert abs(total / size - 1) < 0.01, (name, total)
+    mixtral = architecture_parameters(PUBLISHED_ARCHITECTURES["Mixtral-8x7B"])
+    assert abs(mixtral["active"] / 12.9e9 - 1) < 0.01, mixtral
+    assert architecture_parameters(PUBLISHED_ARCHITECTURES["GPT-2 small"])["total"] == 124_439_808  # exact HF count
+
+
+def test_memory_footprint_scales_with_bytes_per_parameter():
+    assert memory_footprint(1000) == {"fp32": 4000, "bf16": 2000, "int8": 1000, "int4": 500}
+    with pytest.raises(ValueError):
+        memory_footprint(-1)
+
+
+# ---- structure and initialisation ----------------------------------------------------------------
+
+def test_weights_are_tied_unless_asked_otherwise():
+    model = GPT(_cfg())
+    assert model.lm_head.weight is model.wte.weight
+    untied = GPT(_cfg(tie_weights=False))
+    assert untied.lm_head.weight is not untied.wte.weight
+
+
+def test_residual_projections_get_the_scaled_gpt2_init():
+    torch.manual_seed(0)
+    model = GPT(_cfg(n_layer=8, n_embd=256, n_head=4, vocab_size=10))
+    assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.out_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.blocks[0].mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.blocks[0].attn.q_proj.bias.abs().max() == 0
+
+
+def test_gpt_is_causal_and_loss_is_cross_entropy():
+    model = GPT(_cfg()).eval()
+    idx = _ids(2, 10)
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 10, 61)
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 61
+    logits2, _ = model(changed)
+    torch.testing.assert_close(logits2[:, :7], logits[:, :7])  # the past does not see the future
+    assert not torch.allclose(logits2[:, 7:], logits[:, 7:])
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 61), idx.reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_our_attention_and_torch_attention_give_the_same_model():
+    torch.manual_seed(0)
+    a = GPT(_cfg(pos="rope", n_kv_head=2)).eval()
+    b = GPT(_cfg(pos="rope", n_kv_head=2, attn_impl="ours")).eval()
+    b.load_state_dict(a.state_dict())
+    idx = _ids(2, 12)
+    torch.testing.assert_close(a(idx)[0], b(idx)[0], atol=ATOL, rtol=0)
+
+
+def test_attention_weights_are_returned_per_layer():
+    model = GPT(_cfg(n_layer=3)).eval()
+    maps = model.attention_weights(_ids(2, 6))
+    assert len(maps) == 3 and maps[0].shape == (2, 4, 6, 6)
+    assert maps[2].triu(1).abs().max() == 0
+
+
+def test_crop_block_size_shrinks_positions():
+    model = GPT(_cfg())
+    model.crop_block_size(8)
+    assert model.wpe.weight.shape == (8, 32) and model.config.block_size == 8
+    with pytest.raises(ValueError, match="block_size=8"):
+        model(_ids(1, 9))
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors():
+    model = GPT(_cfg())
+    with pytest.raises(ValueError, match="longer than the context window block_size=32"):
+        model(_ids(1, 33))
+    with pytest.raises(ValueError, match=r"shape \(B, T\)"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="outside \\[0, vocab_size=61\\)"):
+        model(torch.full((1, 3), 61))
+    with pytest.raises(ValueError, match="targets must have the same shape"):
+        model(_ids(2, 5), _ids(2, 4))
+    with pytest.raises(TypeError, match="GPTConfig"):
+        GPT({"vocab_size": 3})
+
+
+# ---- Hugging Face GPT-2 parity ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("hf_kwargs", [
+    dict(vocab_size=101, n_positions=40, n_embd=48, n_layer=2, n_head=4),
+    dict(vocab_size=77, n_positions=24, n_embd=36, n_layer=3, n_head=3, n_inner=50, layer_norm_epsilon=1e-6),
+])
+def test_logits_and_loss_equal_hugging_face_gpt2(hf_kwargs):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf_kwargs = dict(hf_kwargs, bos_token_id=0, eos_token_id=0)
+    hf = GPT2LMHeadModel(GPT2Config(**hf_kwargs)).eval()
+    ours = GPT.from_hf_gpt2(hf)
+    assert not ours.training
+    idx = _ids(3, 19, vocab=hf_kwargs["vocab_size"])
+    with torch.no_grad():
+        out = hf(idx, labels=idx)
+        logits, _ = ours(idx)
+        _, loss = ours(idx[:, :-1], idx[:, 1:])  # HF shifts the labels inside
+    torch.testing.assert_close(logits, out.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(loss, out.loss, atol=ATOL, rtol=0)
+    assert count_parameters(ours.config) == sum(p.numel() for p in hf.parameters())
+
+
+def test_from_hf_gpt2_refuses_other_models():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(TypeError, match="GPT-2"):
+        GPT.from_hf_gpt2(llama)
+
+
+# ---- KV cache ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(pos="learned"), dict(pos="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu")])
+def test_kv_cache_prefill_then_one_token_at_a_time_equals_recompute(kw):
+    torch.manual_seed(0)
+    model = GPT(_cfg(n_layer=3, **kw)).eval()
+    idx = _ids(2, 20)
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_kv_cache(2)
+        k_ptr = cache.k.data_ptr()
+        pieces = [model(idx[:, :7], kv_cache=cache)[0], model(idx[:, 7:11], kv_cache=cache)[0]]  # chunked prefill
+        for t in range(11, 20):
+            pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL, rtol=0)
+    assert cache.length == 20 and cache.k.data_ptr() == k_ptr  # written in place, never re-allocated
+    assert cache.k.shape == (3, 2, model.config.kv_heads, 32, 8)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padded_batch_equals_each_row_alone(pos):
+    torch.manual_seed(0)
+    model = GPT(_cfg(pos=pos)).eval()
+    rows = [_ids(1, 12, seed=1)[0], _ids(1, 5, seed=2)[0], _ids(1, 9, seed=3)[0]]
+    T = max(len(r) for r in rows)
+    idx = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        idx[i, T - len(r):], mask[i, T - len(r):] = r, True
+    with torch.no_grad():
+        batched, _ = model(idx, attention_mask=mask)
+        cache = model.new_kv_cache(3)
+        steps = [model(idx[:, :6], kv_cache=cache, attention_mask=mask[:, :6])[0]]
+        for t in range(6, T):  # the mask given as (B, past + T)
+            steps.append(model(idx[:, t:t + 1], kv_cache=cache, attention_mask=mask[:, :t + 1])[0])
+        cached = torch.cat(steps, 1)
+        nxt = torch.tensor([[1], [2], [3]])
+        after, _ = model(nxt, kv_cache=cache)  # no mask: the cache remembers the padding
+        for i, r in enumerate(rows):
+            alone, _ = model(r[None])
+            torch.testing.assert_close(batched[i, T - len(r):], alone[0], atol=ATOL, rtol=0)
+            torch.testing.assert_close(cached[i, T - len(r):], alone[0], atol=ATOL, rtol=0)
+            alone_next, _ = model(torch.cat([r, nxt[i]])[None])
+            torch.testing.assert_close(after[i, 0], alone_next[0, -1], atol=ATOL, rtol=0)
+    assert torch.isfinite(batched).all() and torch.isfinite(cached).all()
+
+
+def test_trimmed_rope_cache_equals_recompute_on_the_window_for_one_layer():
+    # one layer: cached keys depend only on their own token and position, so after a sliding-window
+    # trim, decoding equals running the model on the window alone (RoPE scores are relative)
+    torch.manual_seed(0)
+    model = GPT(_cfg(n_layer=1, pos="rope", block_size=16)).eval()
+    idx = _ids(2, 20)
+    with torch.no_grad():
+        cache = model.new_kv_cache(2, max_len=12)
+        model(idx[:, :12], kv_cache=cache)
+        cache.trim(8)
+        assert cache.length == 8 and cache.next_position == 12
+        step, _ = model(idx[:, 12:13], kv_cache=cache)
+        window, _ = model(idx[:, 4:13])
+    torch.testing.assert_close(step[:, 0], window[:, -1], atol=ATOL, rtol=0)
+
+
+def test_kv_cache_limits_raise_clear_errors():
+    model = GPT(_cfg(block_size=8)).eval()
+    cache = model.new_kv_cache(1, max_len=6)
+    with torch.no_grad():
+        model(_ids(1, 6), kv_cache=cache)
+        with pytest.raises(ValueError, match="cache is full"):
+            model(_ids(1, 1), kv_cache=cache)
+        cache.trim(4)
+        model(_ids(1, 2), kv_cache=cache)  # positions 6 and 7: the last learned ones
+        cache.trim(4)
+        with pytest.raises(ValueError, match="cannot continue past block_size"):  # position 8 does not exist
+            model(_ids(1, 1), kv_cache=cache)
+        with pytest.raises(ValueError, match="keep must be"):
+            cache.trim(5)
+        with pytest.raises(ValueError, match="made for batch 1"):
+            model(_ids(2, 1), kv_cache=cache)
+    assert isinstance(cache, KVCache) and "length=4/6" in repr(cache)
+
+
+# ---- encoder-only and encoder-decoder --------------------------------------------------------------
+
+def test_encoder_is_bidirectional_and_mlm_loss_ignores_unmasked_positions():
+    torch.manual_seed(0)
+    model = EncoderModel(_cfg()).eval()
+    idx = _ids(2, 10)
+    logits, _ = model(idx)
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 61
+    assert not torch.allclose(model(changed)[0][:, 0], logits[:, 0])  # early tokens see later ones
+    targets = torch.full_like(idx, -100)
+    targets[:, [2, 5]] = idx[:, [2, 5]]
+    _, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, [2, 5]].reshape(-1, 61), idx[:, [2, 5]].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    padded = torch.cat([idx[:1], torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 3)], 1).bool()
+    torch.testing.assert_close(model(padded, attention_mask=mask)[0][:, :10], logits[:1], atol=ATOL, rtol=0)
+
+
+def test_encoder_decoder_decoder_is_causal_and_reads_the_source():
+    torch.manual_seed(0)
+    model = EncoderDecoder(_cfg(pos="rope")).eval()
+    src, tgt = _ids(2, 9, seed=1), _ids(2, 6, seed=2)
+    logits, loss = model(src, tgt, tgt)
+    assert logits.shape == (2, 6, 61) and torch.isfinite(loss)
+    tgt2 = tgt.clone()
+    tgt2[:, 4] = (tgt2[:, 4] + 1) % 61
+    torch.testing.assert_close(model(src, tgt2)[0][:, :4], logits[:, :4])
+    assert not torch.allclose(model((src + 1) % 61, tgt)[0], logits)
+    assert model.generate(src, 5, start_id=0).shape == (2, 6)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "encoder", "encdec"])
+def test_a_few_training_steps_reduce_the_loss(kind):
+    torch.manual_seed(0)
+    cfg = _cfg(vocab_size=20, n_embd=32, n_layer=1)
+    model = {"gpt": GPT, "encoder": EncoderModel, "encdec": EncoderDecoder}[kind](cfg)
+    idx = _ids(4, 12, vocab=20)
+    args = (idx, idx, idx) if kind == "encdec" else (idx, idx)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        _, loss = model(*args)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
