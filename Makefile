@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-NBVAL     := --nbval-lax --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
 .PHONY: help setup test unit notebooks lab execute pretrain benchmarks clean
 
