@@ -14,7 +14,9 @@ from utils.tokenizer import (
     GPT4_SPLIT_PATTERN,
     BPETokenizer,
     get_stats,
+    TIKTOKEN_UNICODE_VERSION,
     merge,
+    split_text,
     train_naive,
 )
 
@@ -214,6 +216,32 @@ def test_a_disallowed_special_token_raises_tiktokens_error(cl100k, enc):
     assert str(ours.value).startswith("Encountered text corresponding to disallowed special token '<|endoftext|>'")
     with pytest.raises(ValueError, match="disallowed special token '<|fim_middle|>'"):
         cl100k.encode("<|fim_middle|>", allowed_special={"<|endoftext|>"})
+
+
+# characters whose letter/number status depends on the Unicode version: Garay (added in 16.0),
+# CJK Extension J and U+3D000 (17.0), a Unicode 15 ideograph, an unassigned code point
+UNICODE_PROBES = ["\U00010D50", "\U000323B0", "\U0003D000", "\U00031350", "\u0378", "\u0558", "\U00016EA0"]
+
+
+def test_tiktoken_still_uses_the_unicode_version_we_pin(enc):
+    def is_word(c):  # c + ":A" splits as [c][":A"] exactly when c is a letter or a number
+        return enc.encode(c + ":A")[-1] == enc.encode(":A")[0]
+    assert TIKTOKEN_UNICODE_VERSION == "16.0"
+    assert is_word("\U00010D50"), "tiktoken no longer knows Unicode 16.0 letters: update TIKTOKEN_UNICODE_VERSION"
+    assert not is_word("\U000323B0"), ("tiktoken now knows Unicode 17.0 letters: regenerate the tables "
+                                        "_UNICODE16_L/_UNICODE16_N for its version and bump TIKTOKEN_UNICODE_VERSION")
+
+
+@pytest.mark.parametrize("char", UNICODE_PROBES, ids=lambda c: f"U+{ord(c):04X}")
+def test_letters_and_numbers_follow_tiktokens_unicode_tables(cl100k, enc, char):
+    for text in (char + ":A", "1" + char + "11", "a" + char + "b:" + char + "'s", char * 3 + ".\n"):
+        assert cl100k.encode(text) == enc.encode(text), repr(text)
+
+
+def test_split_text_pins_unicode_only_where_needed():
+    assert split_text("\U0003D000:A", GPT4_SPLIT_PATTERN) == ["\U0003D000:", "A"]  # not a letter in 16.0
+    assert split_text("Garay \U00010D50\U00010D51!", GPT4_SPLIT_PATTERN) == ["Garay", " \U00010D50\U00010D51", "!"]
+    assert split_text("hello world", None) == ["hello world"] and split_text("", None) == []
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(cl100k, enc):

