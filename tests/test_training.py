@@ -144,20 +144,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert "_unckpt_forward" not in model.blocks[0].__dict__
 
 
-def test_peak_memory_counts_tensors_alive_at_the_same_time():
-    from utils.training import PeakMemory
-
-    with PeakMemory() as mem:
-        a = torch.ones(1024, 256)  # 1 MiB
-        b = a * 2  # another MiB while a is alive
-        del a, b
-        c = torch.ones(512, 256)  # half a MiB after both were freed
-    assert mem.peak == 2 * 2**20 and mem.current == 2**19
-    del c
-
-
 def test_gradient_checkpointing_lowers_peak_memory():
-    from utils.training import PeakMemory
+    from utils.attention import peak_tensor_memory
 
     torch.manual_seed(0)
     model = TinyLM(TinyConfig(n_embd=64))
@@ -166,9 +154,8 @@ def test_gradient_checkpointing_lowers_peak_memory():
     peaks = []
     for enabled in (False, True):
         enable_gradient_checkpointing(model.blocks, enabled)
-        with PeakMemory() as mem:
-            model(x, x)[1].backward()
-        peaks.append(mem.peak)
+        _, peak = peak_tensor_memory(lambda: model(x, x)[1].backward())
+        peaks.append(peak)
     assert peaks[1] < 0.7 * peaks[0]
 
 

@@ -565,9 +565,13 @@ def peak_tensor_memory(fn, *args, **kwargs) -> tuple[object, int]:
     and frees before returning (e.g. the per-thread tiles of torch's CPU flash kernel) are not
     visible, so for such kernels this is a lower bound. On CUDA, ``torch.cuda.max_memory_allocated``
     measures the allocator directly.
+
+    Autograd follows the caller's mode: wrap the call in ``torch.no_grad()`` for inference, or pass a
+    function that runs forward *and* backward to measure a training step (e.g. with and without
+    gradient checkpointing).
     """
     external = {a.untyped_storage().data_ptr() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
     tracker = _LiveTensorBytes(external)
-    with torch.no_grad(), tracker.mode:
+    with tracker.mode:
         result = fn(*args, **kwargs)
     return result, tracker.peak

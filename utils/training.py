@@ -472,59 +472,6 @@ def enable_gradient_checkpointing(blocks: Iterable[nn.Module], enabled: bool = T
         block.forward = wrapped
 
 
-class PeakMemory:
-    """Peak bytes of CPU tensor storage alive while the ``with`` block runs (forward *and* backward).
-
-    Works where ``torch.cuda.max_memory_allocated`` does not (on the CPU): a dispatch mode sees
-    every tensor an operation creates and a finalizer sees its storage freed, so ``peak`` is the
-    largest total of tensors created inside the block that were alive at the same time (tensors
-    that existed before, e.g. the weights, are not counted)::
-
-        with PeakMemory() as mem:
-            loss = model(x, y)[1]; loss.backward()
-        mem.peak / 2**20   # MB
-    """
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.peak = 0
-        self._mode = None
-
-    def __enter__(self) -> "PeakMemory":
-        import weakref
-
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
-        tracker = self
-        live: set[int] = set()
-
-        def free(key: int, n: int) -> None:
-            live.discard(key)
-            tracker.current -= n
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                        storage = t.untyped_storage()
-                        key, n = id(storage), storage.nbytes()
-                        if n and key not in live:
-                            live.add(key)
-                            tracker.current += n
-                            tracker.peak = max(tracker.peak, tracker.current)
-                            weakref.finalize(storage, free, key, n)
-                return out
-
-        self._mode = _Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -758,6 +705,6 @@ __all__ = [
     "TrainConfig", "TrainResult", "train", "lr_schedule", "configure_optimizer", "autocast_context",
     "resolve_precision", "estimate_loss", "sum_token_nll", "bits_per_character", "LiveLossPlot",
     "enable_gradient_checkpointing", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-    "LoadedCheckpoint", "CheckpointError", "PeakMemory", "weights_sha256", "file_sha256", "text_sha256",
+    "LoadedCheckpoint", "CheckpointError", "weights_sha256", "file_sha256", "text_sha256",
     "tokenizer_from_text",
 ]
