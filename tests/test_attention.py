@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from utils.attention import (LearnedPositionalEmbedding, MultiHeadAttention, RotaryEmbedding, apply_rope,
-                             attend, causal_mask, flash_attention, scaled_dot_product_attention,
+                             apply_rope_rolled, attend, causal_mask, flash_attention, scaled_dot_product_attention,
                              sinusoidal_positions)
 
 ATOL = 1e-5
@@ -196,6 +196,28 @@ def test_rope_int_start_equals_explicit_positions_and_extends_its_table():
     assert rope.max_seq_len >= 11
 
 
+def test_rolled_rope_equals_the_rotate_half_formula_for_every_kind_of_positions():
+    rope = RotaryEmbedding(8, max_seq_len=4)
+    x = torch.randn(2, 3, 6, 8)
+    for positions in (2, torch.arange(5, 11), torch.tensor([[0, 1, 2, 3, 4, 5], [9, 8, 7, 6, 5, 4]])):
+        cos, sin = rope.cos_sin(positions, 6)
+        cos_s, sin_signed = rope.cos_sin(positions, 6, signed=True)
+        torch.testing.assert_close(cos_s, cos)
+        torch.testing.assert_close(apply_rope_rolled(x, cos, sin_signed), apply_rope(x, cos, sin), atol=1e-6, rtol=0)
+    assert rope.max_seq_len >= 11 and rope.sin_signed.shape == rope.sin.shape  # tables rebuilt together
+
+
+def test_bf16_autocast_attention_on_cpu_runs_in_fp32_and_returns_bf16():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, causal=True)
+    x = torch.randn(2, 9, 32)
+    ref = mha(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mha(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
 def test_sinusoidal_positions_follow_the_formula():
     pe = sinusoidal_positions(50, 16)
     assert pe.shape == (50, 16)
@@ -219,8 +241,9 @@ def test_multihead_attention_matches_torch_nn_multiheadattention():
     ours = MultiHeadAttention(C, H, causal=True).eval()
     theirs = torch.nn.MultiheadAttention(C, H, batch_first=True).eval()
     with torch.no_grad():
-        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        # both stack q, k, v rows in one input projection
+        theirs.in_proj_weight.copy_(ours.qkv_proj.weight)
+        theirs.in_proj_bias.copy_(ours.qkv_proj.bias)
         theirs.out_proj.weight.copy_(ours.out_proj.weight)
         theirs.out_proj.bias.copy_(ours.out_proj.bias)
         x = torch.randn(2, T, C)
@@ -234,15 +257,19 @@ def test_grouped_query_attention_equals_full_attention_with_shared_kv_heads():
     gqa = MultiHeadAttention(C, H, n_kv_head=Hkv).eval()
     full = MultiHeadAttention(C, H).eval()
     with torch.no_grad():
-        full.q_proj.load_state_dict(gqa.q_proj.state_dict())
         full.out_proj.load_state_dict(gqa.out_proj.state_dict())
-        for src, dst in ((gqa.k_proj, full.k_proj), (gqa.v_proj, full.v_proj)):  # repeat each kv head H/Hkv times
-            dst.weight.copy_(src.weight.view(Hkv, hd, C).repeat_interleave(H // Hkv, 0).reshape(C, C))
-            dst.bias.copy_(src.bias.view(Hkv, hd).repeat_interleave(H // Hkv, 0).reshape(C))
+        w_q, w_k, w_v = gqa.qkv_proj.weight.split([C, Hkv * hd, Hkv * hd])
+        b_q, b_k, b_v = gqa.qkv_proj.bias.split([C, Hkv * hd, Hkv * hd])
+
+        def repeat_heads(t):  # each kv head used by H/Hkv query heads
+            return t.view(Hkv, hd, -1).repeat_interleave(H // Hkv, 0).reshape(C, -1)
+        full.qkv_proj.weight.copy_(torch.cat([w_q, repeat_heads(w_k), repeat_heads(w_v)]))
+        full.qkv_proj.bias.copy_(torch.cat([b_q, repeat_heads(b_k[:, None])[:, 0], repeat_heads(b_v[:, None])[:, 0]]))
         x = torch.randn(2, 7, C)
         torch.testing.assert_close(gqa(x), full(x), atol=ATOL, rtol=0)
-    assert gqa.k_proj.weight.shape == (Hkv * hd, C)
-    assert MultiHeadAttention(C, H, n_kv_head=1).v_proj.weight.shape == (hd, C)  # multi-query
+    assert gqa.qkv_proj.weight.shape == (C + 2 * Hkv * hd, C)
+    assert [w.shape for w in gqa.qkv_weights()] == [(C, C), (Hkv * hd, C), (Hkv * hd, C)]
+    assert MultiHeadAttention(C, H, n_kv_head=1).qkv_weights()[2].shape == (hd, C)  # multi-query
 
 
 @pytest.mark.parametrize("impl", ["torch", "ours"])

@@ -30,12 +30,27 @@ def _ids(B, T, vocab=61, seed=0):
     (dict(mlp="tanh"), "mlp='tanh'"),
     (dict(pos="alibi"), "pos='alibi'"),
     (dict(dropout=1.0), "dropout"),
+    (dict(attn_dropout=-0.1), "attn_dropout"),
     (dict(n_layer=0), "n_layer must be a positive int"),
     (dict(n_embd=12, n_head=4, pos="rope"), "must be even"),
 ])
 def test_config_rejects_bad_values_with_clear_messages(kw, message):
     with pytest.raises(ValueError, match=message):
         _cfg(**kw)
+
+
+def test_attn_dropout_sets_the_attention_weight_rate_apart_from_the_residual_rate():
+    both = GPT(_cfg(dropout=0.1))
+    resid_only = GPT(_cfg(dropout=0.1, attn_dropout=0.0))
+    assert both.blocks[0].attn.dropout == 0.1 and resid_only.blocks[0].attn.dropout == 0.0
+    assert resid_only.blocks[0].attn.resid_dropout.p == 0.1 and resid_only.blocks[0].mlp.dropout.p == 0.1
+    resid_only.train()
+    torch.manual_seed(0)
+    out1, _ = resid_only(_ids(2, 8))
+    out2, _ = resid_only(_ids(2, 8))
+    assert not torch.equal(out1, out2)  # the residual branches still drop
+    resid_only.eval()
+    assert torch.equal(resid_only(_ids(2, 8))[0], resid_only(_ids(2, 8))[0])
 
 
 # ---- parameter counting --------------------------------------------------------------------------
@@ -81,10 +96,10 @@ def test_weights_are_tied_unless_asked_otherwise():
 def test_residual_projections_get_the_scaled_gpt2_init():
     torch.manual_seed(0)
     model = GPT(_cfg(n_layer=8, n_embd=256, n_head=4, vocab_size=10))
-    assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.qkv_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].attn.out_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
     assert model.blocks[0].mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
-    assert model.blocks[0].attn.q_proj.bias.abs().max() == 0
+    assert model.blocks[0].attn.qkv_proj.bias.abs().max() == 0
 
 
 def test_gpt_is_causal_and_loss_is_cross_entropy():

@@ -188,6 +188,47 @@ def test_bad_training_settings_raise_clear_errors():
         train(TinyLM(TinyConfig()), None, None, _quiet(max_steps=1))
 
 
+def test_auto_precision_is_bf16_exactly_where_the_hardware_makes_it_fast(monkeypatch):
+    from utils import training
+
+    assert training.resolve_precision("cpu", "fp32") == "fp32"
+    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    assert training.resolve_precision("cpu", "auto") == "bf16"
+    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: False)
+    assert training.resolve_precision("cpu", "auto") == "fp32"
+
+
+def test_cpu_has_fast_bf16_reports_the_amx_probe(monkeypatch):
+    from utils import training
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert training.cpu_has_fast_bf16() is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert training.cpu_has_fast_bf16() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert training.cpu_has_fast_bf16() is False  # an older torch without the probe: stay in fp32
+
+
+def test_bf16_autocast_training_step_stays_close_to_fp32():
+    from utils.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, norm="rmsnorm",
+                          mlp="swiglu", pos="rope", bias=False))
+    x = torch.randint(0, 64, (4, 16))
+    _, loss32 = model(x, x)
+    loss32.backward()
+    g32 = model.blocks[0].attn.qkv_proj.weight.grad.clone()
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = model(x, x)
+    loss16.backward()
+    g16 = model.blocks[0].attn.qkv_proj.weight.grad
+    assert loss16.dtype == torch.float32  # the loss is computed in fp32 from bf16 logits
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 
 

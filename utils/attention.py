@@ -7,9 +7,10 @@ Everything here is written out step by step and checked against PyTorch in ``tes
   ``torch.nn.functional.scaled_dot_product_attention``), optionally returning the weights;
 - :func:`flash_attention` — the same result computed block by block with a running max and sum,
   never building the full (Tq, Tk) score matrix;
-- :class:`MultiHeadAttention` — self- or cross-attention with separate q/k/v/out projections, so
-  grouped-query attention (``n_kv_head < n_head``) and multi-query attention (``n_kv_head=1``) are
-  just smaller k/v projections; optional RoPE and a KV cache (see ``utils.model.KVCache``);
+- :class:`MultiHeadAttention` — self- or cross-attention with one fused q/k/v projection (as GPT-2's
+  ``c_attn``), where grouped-query attention (``n_kv_head < n_head``) and multi-query attention
+  (``n_kv_head=1``) just mean fewer k/v columns; optional RoPE and a KV cache (see
+  ``utils.model.KVCache``);
 - positional encodings: :func:`sinusoidal_positions`, :class:`LearnedPositionalEmbedding`,
   :class:`RotaryEmbedding` + :func:`apply_rope`.
 
@@ -40,6 +41,7 @@ __all__ = [
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
     "apply_rope",
+    "apply_rope_rolled",
     "rotate_half",
     "peak_tensor_memory",
 ]
@@ -255,6 +257,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
     if impl != "torch":
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        # PyTorch's CPU flash-attention backward is ~3.5x slower in bf16 than in fp32 (measured
+        # under bf16 autocast on a Xeon with AMX), so train-time attention on CPU runs in fp32.
+        with torch.autocast("cpu", enabled=False):
+            return attend(q.float(), k.float(), v.float(), mask, is_causal, dropout_p, impl).to(q.dtype)
     tq, tk = q.shape[-2], k.shape[-2]
     if is_causal and (tq != tk or mask is not None):
         cm = causal_mask(tq, tk, device=q.device)
@@ -334,6 +341,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def apply_rope_rolled(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in three ops instead of seven, for the decoding hot path.
+
+    ``rotate_half(x) * sin`` = ``cat(-x2, x1) * sin`` = ``roll(x, hd/2) * sin_signed`` where
+    ``sin_signed`` is ``sin`` with its first half negated (``RotaryEmbedding.cos_sin(..., signed=True)``).
+    Equal to :func:`apply_rope` (tested).
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoPE, Su et al. 2021) for heads of size ``head_dim``.
 
@@ -363,14 +380,20 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # (n, hd): rotate-half layout
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
+        # sin with the first half negated, for apply_rope_rolled (the same rotation in fewer ops)
+        half = self.head_dim // 2
+        self.register_buffer("sin_signed", torch.cat((-emb[:, :half].sin(), emb[:, half:].sin()), dim=-1),
+                             persistent=False)
         self.max_seq_len = n
 
-    def cos_sin(self, position_ids: torch.Tensor | int, T: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, position_ids: torch.Tensor | int, T: int | None = None,
+                signed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) for the given positions.
 
         ``position_ids`` a tensor (T,) -> (T, hd) each; (B, T) -> (B, 1, T, hd) each (broadcast over
         heads). Or an int ``start`` with ``T``: the contiguous positions start..start+T-1 (a slice of
-        the table, the fast path used when no row is padded).
+        the table, the fast path used when no row is padded). ``signed=True`` returns
+        ``sin_signed`` instead of ``sin``, for :func:`apply_rope_rolled`.
         """
         if isinstance(position_ids, int):
             if T is None:
@@ -378,7 +401,8 @@ class RotaryEmbedding(nn.Module):
             end = position_ids + T
             if end > self.max_seq_len:
                 self._build(max(end, 2 * self.max_seq_len))
-            return self.cos[position_ids:end], self.sin[position_ids:end]
+            sin_table = self.sin_signed if signed else self.sin
+            return self.cos[position_ids:end], sin_table[position_ids:end]
         if not isinstance(position_ids, torch.Tensor) or position_ids.dim() not in (1, 2):
             raise ValueError(f"position_ids must be an int start, or a tensor (T,) or (B, T); got "
                              f"{getattr(position_ids, 'shape', position_ids)!r}")
@@ -387,7 +411,8 @@ class RotaryEmbedding(nn.Module):
         needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
         if needed > self.max_seq_len:
             self._build(max(needed, 2 * self.max_seq_len))
-        cos, sin = self.cos[position_ids], self.sin[position_ids]
+        sin_table = self.sin_signed if signed else self.sin
+        cos, sin = self.cos[position_ids], sin_table[position_ids]
         if position_ids.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]
         return cos, sin
@@ -411,18 +436,24 @@ class MultiHeadAttention(nn.Module):
     Args:
         n_embd: model width C. n_head: number of query heads H (C % H == 0; head_dim = C // H).
         n_kv_head: key/value heads Hkv (H % Hkv == 0). None = H (classic multi-head); 1 = multi-query.
-        bias: biases in the four projections. dropout: on attention weights and on the output.
+        bias: biases in the four projections. dropout: on the output (and on the attention weights
+        unless ``attn_dropout`` is given). attn_dropout: on the attention weights (None = ``dropout``).
         causal: mask future positions (decoder self-attention). Ignored for cross-attention.
         rope: a :class:`RotaryEmbedding` applied to q and k (self-attention only), or None.
         cross: keys and values come from ``context`` (the encoder output), not from ``x``.
         impl: "torch" (PyTorch's fused kernel) or "ours" (:func:`scaled_dot_product_attention`).
 
-    Projections: ``q_proj`` C -> H*hd, ``k_proj`` and ``v_proj`` C -> Hkv*hd, ``out_proj`` C -> C.
+    Projections (each one ``nn.Linear``, so LoRA or quantization can wrap them):
+    self-attention: ``qkv_proj`` C -> (H + 2*Hkv)*hd, the q, k and v projections stacked in one matrix
+    (rows ``[:H*hd]`` make q, the next ``Hkv*hd`` make k, the last ``Hkv*hd`` make v) so that one
+    matrix multiply computes all three, as GPT-2's ``c_attn``; cross-attention: ``q_proj`` C -> H*hd
+    on x and ``kv_proj`` C -> 2*Hkv*hd on the context; ``out_proj`` C -> C. :meth:`qkv_weights`
+    returns the three matrices separately.
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
                  dropout: float = 0.0, causal: bool = True, rope: RotaryEmbedding | None = None,
-                 cross: bool = False, impl: str = "torch"):
+                 cross: bool = False, impl: str = "torch", attn_dropout: float | None = None):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_head < 1 or n_embd % n_head:
@@ -438,12 +469,22 @@ class MultiHeadAttention(nn.Module):
         self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, n_kv_head
         self.head_dim = n_embd // n_head
         self.causal, self.cross, self.rope, self.impl = causal and not cross, cross, rope, impl
-        self.dropout = dropout
-        self.q_proj = nn.Linear(n_embd, n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=bias)
+        self.dropout = dropout if attn_dropout is None else attn_dropout  # on the attention weights
+        q_dim, kv_dim = n_head * self.head_dim, n_kv_head * self.head_dim
+        if cross:  # q from x, k and v from the context
+            self.q_proj = nn.Linear(n_embd, q_dim, bias=bias)
+            self.kv_proj = nn.Linear(n_embd, 2 * kv_dim, bias=bias)
+        else:  # one matrix multiply for q, k and v: fewer, larger ops (what decoding speed is made of)
+            self.qkv_proj = nn.Linear(n_embd, q_dim + 2 * kv_dim, bias=bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+
+    def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q (H*hd, C), k (Hkv*hd, C) and v (Hkv*hd, C) projection matrices, as views."""
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            return (self.q_proj.weight, *self.kv_proj.weight.split(kv_dim, dim=0))
+        return self.qkv_proj.weight.split([q_dim, kv_dim, kv_dim], dim=0)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache=None, layer_idx: int | None = None,
@@ -473,14 +514,27 @@ class MultiHeadAttention(nn.Module):
             if context is not None:
                 raise ValueError("context is only used by cross-attention (MultiHeadAttention(cross=True))")
             src = x
-        S = src.shape[1]
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
-        v = self.v_proj(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
-            if position_ids is None:
-                position_ids = kv_cache.length if kv_cache is not None else 0
-            q, k = self.rope(q, k, position_ids)
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        if self.cross:
+            S = src.shape[1]
+            q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+            k, v = self.kv_proj(src).view(B, S, 2 * Hkv, hd).transpose(1, 2).split(Hkv, dim=1)  # (B, Hkv, S, hd)
+        else:
+            # heads of q, then k, then v (narrow/split: cheaper than tensor[:, :, a:b] on a decoding step)
+            qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, hd)
+            qk = qkv.narrow(2, 0, H + Hkv)
+            if self.rope is not None:
+                if position_ids is None:
+                    position_ids = kv_cache.length if kv_cache is not None else 0
+                # rotate the q and k heads in one go (the same angles for every head of a position)
+                cos, sin = self.rope.cos_sin(position_ids, T, signed=True)
+                # (T, hd) -> (T, 1, hd); (B, 1, T, hd) -> (B, T, 1, hd): broadcast over the heads axis
+                cos, sin = (cos.unsqueeze(1), sin.unsqueeze(1)) if cos.dim() == 2 else (cos.transpose(1, 2), sin.transpose(1, 2))
+                if cos.dtype != qk.dtype:
+                    cos, sin = cos.to(qk.dtype), sin.to(qk.dtype)
+                qk = apply_rope_rolled(qk, cos, sin)  # (B, T, H + Hkv, hd)
+            q, k = qk.transpose(1, 2).split([H, Hkv], dim=1)  # (B, H, T, hd), (B, Hkv, T, hd)
+            v = qkv.narrow(2, H + Hkv, Hkv).transpose(1, 2)
         if kv_cache is not None:
             if layer_idx is None:
                 raise ValueError("pass layer_idx with kv_cache (which layer's slot to write)")
@@ -495,7 +549,9 @@ class MultiHeadAttention(nn.Module):
         else:
             y = attend(q, k, v, mask=mask, is_causal=causal, dropout_p=p, impl=self.impl)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side again
-        y = self.resid_dropout(self.out_proj(y))
+        y = self.out_proj(y)
+        if self.resid_dropout.p and self.training:  # skip the no-op call when decoding
+            y = self.resid_dropout(y)
         return (y, w) if need_weights else y
 
 

@@ -267,6 +267,7 @@ def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.
     ends = torch.zeros(B, dtype=torch.long, device=device)  # length at which each row stopped (0: not)
     stop_tensors = [torch.tensor(s, dtype=torch.long, device=device) for s in stop_ids]
     max_stop_chars = max((len(s) for s in stop_strs), default=0)
+    can_stop = eos_token_id is not None or bool(stop_tensors) or bool(stop_strs)
 
     cache = None
     cache_start = -1  # window start the cache was filled from
@@ -276,7 +277,7 @@ def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.
         for _ in range(max_new_tokens):
             start = window_start(length, block_size, keep)
             if use_cache and cache is not None and start == cache_start:
-                x = out[:, length - 1:length]
+                x = out.narrow(1, length - 1, 1)  # narrow/select: cheaper than out[:, a:b] on every token
                 m = None if full_mask is None else full_mask[:, start:length]
                 pos = None if full_mask is None else _positions(full_mask[:, start:length])[:, -1:]
                 logits = _forward(model, x, cache, m, pos)
@@ -295,15 +296,16 @@ def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, repetition_penalty)
             nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
-            out[:, length] = nxt
+            if can_stop:  # rows that have stopped get padding (without stop criteria no row ever stops)
+                nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+            out.select(1, length).copy_(nxt)
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], ~finished[:, None])
             length += 1
             steps += 1
             if callback is not None:
                 callback(steps, nxt)
-            if eos_token_id is not None or stop_tensors or stop_strs:
+            if can_stop:
                 newly = _stopped(out, length, T, nxt, eos_token_id, stop_tensors, stop_strs,
                                  max_stop_chars, tokenizer, finished)
                 ends[newly] = length
@@ -325,7 +327,7 @@ def _forward(model, x, cache, mask, pos) -> torch.Tensor:
         kwargs["attention_mask"] = mask
         kwargs["position_ids"] = pos
     logits, _ = model(x, **kwargs)
-    return logits[:, -1, :]
+    return logits.select(1, -1)
 
 
 def _parse_stop(stop, tokenizer) -> tuple[list[list[int]], list[str]]:

@@ -54,7 +54,9 @@ class GPTConfig:
     vocab_size: number of token ids. block_size: context length (maximum sequence length for learned
     positions; the trained length for RoPE). n_layer, n_head, n_embd: depth, heads, width.
     n_kv_head: key/value heads for grouped-query attention (None = n_head; 1 = multi-query).
-    dropout: on embeddings, attention weights and residual branches. bias: biases in Linear layers and
+    dropout: on embeddings, attention weights and residual branches (GPT-2's embd/attn/resid_pdrop);
+    attn_dropout: a different rate for the attention weights only (None = dropout; 0 keeps PyTorch's
+    fused attention kernel on CPU, which has no dropout). bias: biases in Linear layers and
     LayerNorm. norm: "layernorm" | "rmsnorm". norm_position: "pre" (GPT-2 and later) | "post"
     (original Transformer). mlp: "gelu" (tanh approximation, as GPT-2) | "relu" | "swiglu".
     ffn_hidden: MLP width (None = 4 * n_embd, or ~8/3 * n_embd for SwiGLU). pos: "learned" | "rope".
@@ -79,6 +81,7 @@ class GPTConfig:
     tie_weights: bool = True
     rope_base: float = 10000.0
     attn_impl: str = "torch"
+    attn_dropout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -96,8 +99,10 @@ class GPTConfig:
                               ("norm_position", NORM_POSITIONS), ("attn_impl", ATTENTION_IMPLS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not one of {choices}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.ffn_hidden is not None and (not isinstance(self.ffn_hidden, int) or self.ffn_hidden < 1):
             raise ValueError(f"ffn_hidden must be a positive int or None, got {self.ffn_hidden!r}")
         if self.pos == "rope" and self.head_dim % 2:
@@ -151,8 +156,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(F, "rms_norm"):  # fused in torch >= 2.4; same formula as below
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Written out rather than F.rms_norm: on CPU that is a composite of ~10 ops (with dtype round
+        # trips) and took 20 us per call in a decoding step, this 6 (tests check the two agree).
+        if x.dtype == torch.float32:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
@@ -166,26 +173,32 @@ def make_norm(config: GPTConfig) -> nn.Module:
 class MLP(nn.Module):
     """The position-wise feed-forward network: (B, T, C) -> (B, T, C).
 
-    gelu / relu: ``down_proj(act(up_proj(x)))``. swiglu: ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
+    gelu / relu: ``down_proj(act(up_proj(x)))``. swiglu: ``down_proj(silu(gate) * up)`` where
+    ``gate, up = gate_up_proj(x).chunk(2, -1)``: the gate and up matrices stacked in one ``nn.Linear``
+    (rows ``[:hidden]`` are the gate), so one matrix multiply computes both.
     """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.kind = config.mlp
         hidden = config.hidden
-        self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.gate_proj = nn.Linear(config.n_embd, hidden, bias=config.bias) if self.kind == "swiglu" else None
+        if self.kind == "swiglu":
+            self.gate_up_proj = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        else:
+            self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            h = F.silu(gate) * up
         elif self.kind == "gelu":
             h = F.gelu(self.up_proj(x), approximate="tanh")  # GPT-2's "gelu_new"
         else:
             h = F.relu(self.up_proj(x))
-        return self.dropout(self.down_proj(h))
+        h = self.down_proj(h)
+        return self.dropout(h) if self.dropout.p and self.training else h  # skip the no-op call when decoding
 
 
 class Block(nn.Module):
@@ -202,10 +215,12 @@ class Block(nn.Module):
         self.pre_norm = config.norm_position == "pre"
         self.ln_1 = make_norm(config)
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, bias=config.bias,
-                                       dropout=config.dropout, causal=causal, rope=rope, impl=config.attn_impl)
+                                       dropout=config.dropout, causal=causal, rope=rope, impl=config.attn_impl,
+                                       attn_dropout=config.attn_dropout)
         self.ln_cross = make_norm(config) if cross else None
         self.cross_attn = (MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, bias=config.bias,
-                                              dropout=config.dropout, cross=True, impl=config.attn_impl)
+                                              dropout=config.dropout, cross=True, impl=config.attn_impl,
+                                              attn_dropout=config.attn_dropout)
                            if cross else None)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
@@ -215,14 +230,14 @@ class Block(nn.Module):
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). ``context`` (B, S, C) and ``context_mask`` (bool, broadcastable to
         (B, H, T, S)) feed the cross-attention of a decoder block."""
-        attn_kw = dict(mask=mask, position_ids=position_ids, kv_cache=kv_cache, layer_idx=layer_idx,
-                       is_causal=is_causal)
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), **attn_kw)
+            x = x + self.attn(self.ln_1(x), mask=mask, position_ids=position_ids, kv_cache=kv_cache,
+                              layer_idx=layer_idx, is_causal=is_causal)
             if self.cross_attn is not None:
                 x = x + self.cross_attn(self.ln_cross(x), context=context, mask=context_mask)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, **attn_kw))
+        x = self.ln_1(x + self.attn(x, mask=mask, position_ids=position_ids, kv_cache=kv_cache, layer_idx=layer_idx,
+                                   is_causal=is_causal))
         if self.cross_attn is not None:
             x = self.ln_cross(x + self.cross_attn(x, context=context, mask=context_mask))
         return self.ln_2(x + self.mlp(x))
@@ -263,6 +278,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # one view per layer, made once: indexing self.k[layer, :, :, a:b] on every decoding step
+        # costs several view ops per layer, which adds up when a step is ~100 small ops
+        self._k_layers, self._v_layers = self.k.unbind(0), self.v.unbind(0)
         self.length = 0
         self.offset = 0
         self.pad_mask: torch.Tensor | None = None
@@ -305,9 +323,10 @@ class KVCache:
                 or k.shape[3] != self.k.shape[4]:
             raise ValueError(f"k/v of shape {tuple(k.shape)} / {tuple(v.shape)} do not fit the cache "
                              f"(B={self.batch_size}, n_kv_head={self.k.shape[2]}, head_dim={self.k.shape[4]})")
-        self.k[layer_idx, :, :, self.length:end] = k
-        self.v[layer_idx, :, :, self.length:end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+        k_layer, v_layer = self._k_layers[layer_idx], self._v_layers[layer_idx]
+        k_layer.narrow(2, self.length, k.shape[-2]).copy_(k)
+        v_layer.narrow(2, self.length, v.shape[-2]).copy_(v)
+        return k_layer.narrow(2, 0, end), v_layer.narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (the model calls this once per forward)."""
@@ -348,7 +367,7 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
-def _check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
+def _check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx", check_values: bool = True) -> None:
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"{name} must be a LongTensor of token ids (B, T), got {type(idx).__name__}")
     if idx.dim() != 2:
@@ -358,9 +377,9 @@ def _check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
         raise TypeError(f"{name} must hold integer token ids, got dtype {idx.dtype}")
     if idx.shape[1] == 0:
         raise ValueError(f"{name} is empty (T = 0)")
-    if _compiling():  # the value check below needs the data; skip it inside torch.compile graphs
+    if not check_values or _compiling():  # the value check needs the data; not inside torch.compile graphs
         return
-    lo, hi = int(idx.min()), int(idx.max())
+    lo, hi = (int(v) for v in torch.aminmax(idx))
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} holds token id {hi if hi >= vocab_size else lo}, outside [0, vocab_size="
                          f"{vocab_size}); was the text encoded with a different tokenizer?")
@@ -435,7 +454,10 @@ class GPT(nn.Module):
         """Embeddings, the attention mask and positions for one forward (shared by forward and
         attention_weights). Returns x (B, T, C), mask or None, positions (int start or tensor), pad_new."""
         cfg = self.config
-        _check_idx(idx, cfg.vocab_size)
+        # On CPU an out-of-range id makes the embedding lookup raise IndexError, turned below into the
+        # same clear message, so the happy path skips a pass over the ids (decoding runs this every
+        # token); on GPUs a bad id is a device-side assert, so check first there.
+        _check_idx(idx, cfg.vocab_size, check_values=idx.device.type != "cpu")
         B, T = idx.shape
         past = 0
         if kv_cache is not None:
@@ -480,7 +502,11 @@ class GPT(nn.Module):
         else:
             pos = kv_cache.next_position if kv_cache is not None else 0
 
-        x = self.wte(idx)
+        try:
+            x = self.wte(idx)
+        except IndexError:
+            _check_idx(idx, cfg.vocab_size)  # raises the clear error
+            raise
         if self.wpe is not None:
             if isinstance(pos, int):
                 if pos + T > cfg.block_size:
@@ -490,7 +516,8 @@ class GPT(nn.Module):
                 x = x + self.wpe.weight[pos:pos + T]
             else:
                 x = x + self.wpe(pos)
-        x = self.drop(x)
+        if self.drop.p and self.training:
+            x = self.drop(x)
 
         mask = None
         if pad is not None:
@@ -551,7 +578,7 @@ class GPT(nn.Module):
 
         GPT-2 stores its linear layers as ``Conv1D`` with weight (in, out), the transpose of
         ``nn.Linear``'s (out, in); and its attention input projection ``c_attn`` computes q, k, v in
-        one (C, 3C) matrix, which we split into ``q_proj``, ``k_proj``, ``v_proj``.
+        one (C, 3C) matrix, as our ``qkv_proj`` (transposed).
         """
         hf_cfg = hf_model.config
         if getattr(hf_cfg, "model_type", None) != "gpt2":
@@ -576,11 +603,8 @@ class GPT(nn.Module):
                 p = f"h.{i}."
                 block.ln_1.weight.copy_(sd[p + "ln_1.weight"]); block.ln_1.bias.copy_(sd[p + "ln_1.bias"])
                 block.ln_2.weight.copy_(sd[p + "ln_2.weight"]); block.ln_2.bias.copy_(sd[p + "ln_2.bias"])
-                w_q, w_k, w_v = sd[p + "attn.c_attn.weight"].t().split(C, dim=0)  # Conv1D (C, 3C) -> 3 x (C, C)
-                b_q, b_k, b_v = sd[p + "attn.c_attn.bias"].split(C, dim=0)
-                for lin, w, b in ((block.attn.q_proj, w_q, b_q), (block.attn.k_proj, w_k, b_k),
-                                  (block.attn.v_proj, w_v, b_v)):
-                    lin.weight.copy_(w); lin.bias.copy_(b)
+                block.attn.qkv_proj.weight.copy_(sd[p + "attn.c_attn.weight"].t())  # Conv1D (C, 3C) -> (3C, C)
+                block.attn.qkv_proj.bias.copy_(sd[p + "attn.c_attn.bias"])
                 block.attn.out_proj.weight.copy_(sd[p + "attn.c_proj.weight"].t())
                 block.attn.out_proj.bias.copy_(sd[p + "attn.c_proj.bias"])
                 block.mlp.up_proj.weight.copy_(sd[p + "mlp.c_fc.weight"].t())

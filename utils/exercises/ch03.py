@@ -45,7 +45,8 @@ def _test_swiglu(fn):
     x = torch.randn(3, 4, 24)
     with torch.no_grad():
         expected = mlp(x)
-        got = fn(x, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        w_gate, w_up = mlp.gate_up_proj.weight.chunk(2, dim=0)  # stacked in one nn.Linear
+        got = fn(x, w_gate, w_up, mlp.down_proj.weight)
     assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
     assert got.shape == x.shape, f"the output must have the input's shape {tuple(x.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got, expected, atol=1e-5), (
