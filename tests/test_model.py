@@ -152,6 +152,12 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 5))
     with pytest.raises(ValueError, match="outside \\[0, vocab_size=61\\)"):
         model(torch.full((1, 3), 61))
+    with pytest.raises(ValueError, match="token id -1, outside"):  # on CPU caught from the embedding lookup
+        model(torch.tensor([[3, -1, 4]]))
+    cache = model.new_kv_cache(1)
+    model(_ids(1, 4), kv_cache=cache)
+    with pytest.raises(ValueError, match="token id 99, outside"):  # a decoding step, too
+        model(torch.tensor([[99]]), kv_cache=cache)
     with pytest.raises(ValueError, match="targets must have the same shape"):
         model(_ids(2, 5), _ids(2, 4))
     with pytest.raises(TypeError, match="GPTConfig"):
@@ -252,6 +258,16 @@ def test_trimmed_rope_cache_equals_recompute_on_the_window_for_one_layer():
         step, _ = model(idx[:, 12:13], kv_cache=cache)
         window, _ = model(idx[:, 4:13])
     torch.testing.assert_close(step[:, 0], window[:, -1], atol=ATOL, rtol=0)
+
+
+def test_kv_cache_also_works_with_autograd_on():
+    model = GPT(_cfg(pos="rope"))
+    ids = _ids(1, 6)
+    cache = model.new_kv_cache(1)
+    model(ids[:, :5], kv_cache=cache)  # grad mode on: the cache's per-layer views are written in place
+    step, _ = model(ids[:, 5:], kv_cache=cache)
+    full, _ = model(ids)
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=0)
 
 
 def test_kv_cache_limits_raise_clear_errors():

@@ -280,7 +280,9 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # one view per layer, made once: indexing self.k[layer, :, :, a:b] on every decoding step
         # costs several view ops per layer, which adds up when a step is ~100 small ops
-        self._k_layers, self._v_layers = self.k.unbind(0), self.v.unbind(0)
+        # (select, not unbind: unbind's views cannot be written in place while autograd is on)
+        self._k_layers = [self.k[i] for i in range(n_layer)]
+        self._v_layers = [self.v[i] for i in range(n_layer)]
         self.length = 0
         self.offset = 0
         self.pad_mask: torch.Tensor | None = None
