@@ -7,7 +7,9 @@ Three tables:
 1. 256 greedy tokens from a short prompt, cached vs recompute: tokens/s, speedup, identical tokens,
    and tokens/s over the first and the last 32 steps (the cached path should stay flat);
 2. tokens/s both ways over output lengths;
-3. tokens/s both ways over batch sizes (total tokens per second across the batch).
+3. tokens/s both ways over batch sizes (total tokens per second across the batch);
+4. the headline again with the model under ``torch.compile`` (both paths compiled; ``--no-compile``
+   skips it): what is left when the Python and small-op overhead of each step is compiled away.
 Each number is the best of ``--repeats`` runs (least disturbed by other processes).
 Results are also written to ``benchmarks/results/generation.json``.
 """
@@ -63,6 +65,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lengths", type=int, nargs="*", default=[32, 64, 128, 256, 512])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--batch-tokens", type=int, default=64)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile table")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -124,9 +127,35 @@ def main(argv=None) -> dict:
         batches.append(row)
         print(f"{B:>6} {row['recompute_tok_s']:>10.1f} {row['cached_tok_s']:>9.1f} {row['speedup']:>7.2f}x")
 
+    # 4. both paths under torch.compile (C++ wrapper: the per-step launch code is compiled too)
+    compiled = None
+    if not args.no_compile:
+        print(f"\n{n} greedy tokens, model under torch.compile (both paths; best of {args.repeats})")
+        try:
+            cmodel = torch.compile(model, options={"cpp_wrapper": True})
+            t0 = time.perf_counter()
+            timed_generate(cmodel, prompt, n, True)  # compiles the prefill and decoding graphs
+            timed_generate(cmodel, prompt, n, False)  # and the recompute graph (dynamic length)
+            compile_s = time.perf_counter() - t0
+            rec_c = best_of(args.repeats, lambda: timed_generate(cmodel, prompt, n, False))
+            cac_c = best_of(args.repeats, lambda: timed_generate(cmodel, prompt, n, True))
+            compiled = {"tokens": n, "compile_and_first_runs_s": compile_s, "recompute_tok_s": n / rec_c[0],
+                        "cached_tok_s": n / cac_c[0], "speedup": rec_c[0] / cac_c[0],
+                        "identical_tokens": rec_c[2] == cac_c[2] == cac[2]}
+            print(f"{'path':<12} {'tokens/s':>9} {'vs eager':>9}")
+            print(f"{'recompute':<12} {compiled['recompute_tok_s']:>9.1f} "
+                  f"{compiled['recompute_tok_s'] / headline['recompute_tok_s']:>8.2f}x")
+            print(f"{'KV cache':<12} {compiled['cached_tok_s']:>9.1f} "
+                  f"{compiled['cached_tok_s'] / headline['cached_tok_s']:>8.2f}x")
+            print(f"speedup {compiled['speedup']:.2f}x; identical tokens (both paths and eager): "
+                  f"{compiled['identical_tokens']}; compiling + first runs took {compile_s:.0f} s")
+        except Exception as e:  # no C++ compiler, an unsupported platform: say so, keep the other tables
+            compiled = {"error": f"{type(e).__name__}: {e}"[:500]}
+            print(f"torch.compile failed: {compiled['error']}")
+
     result = {"threads": args.threads, "load_avg_before": load, "load_avg_after": [round(x, 2) for x in os.getloadavg()],
               "params": n_params, "prompt_tokens": len(prompt), "headline": headline, "lengths": lengths,
-              "batches": batches}
+              "batches": batches, "compiled": compiled}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nload average after: {result['load_avg_after']}")

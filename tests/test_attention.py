@@ -207,6 +207,27 @@ def test_rolled_rope_equals_the_rotate_half_formula_for_every_kind_of_positions(
     assert rope.max_seq_len >= 11 and rope.sin_signed.shape == rope.sin.shape  # tables rebuilt together
 
 
+def test_attention_with_shared_rope_angles_equals_angles_from_positions_and_apply_rope():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8, max_seq_len=16)
+    mha = MultiHeadAttention(32, 4, n_kv_head=2, rope=rope, bias=False)
+    x = torch.randn(2, 5, 32)
+    for positions in (3, torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]])):
+        y_pos = mha(x, position_ids=positions)
+        y_shared = mha(x, position_ids=positions, rope_cos_sin=rope.cos_sin(positions, 5, signed=True))
+        torch.testing.assert_close(y_shared, y_pos, atol=0, rtol=0)
+        # the same attention written the slow way: separate q/k/v, apply_rope on each
+        w_q, w_k, w_v = mha.qkv_weights()
+        q = (x @ w_q.T).view(2, 5, 4, 8).transpose(1, 2)
+        k = (x @ w_k.T).view(2, 5, 2, 8).transpose(1, 2)
+        v = (x @ w_v.T).view(2, 5, 2, 8).transpose(1, 2)
+        cos, sin = rope.cos_sin(positions, 5)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        y_ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 32)
+        torch.testing.assert_close(y_pos, mha.out_proj(y_ref), atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_autocast_attention_on_cpu_runs_in_fp32_and_returns_bf16():
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 4, causal=True)

@@ -86,6 +86,28 @@ def test_memory_footprint_scales_with_bytes_per_parameter():
 
 # ---- structure and initialisation ----------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_equals_torch_rmsnorm_values_and_gradients(dtype):
+    from utils.model import RMSNorm
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(48, eps=1e-5), torch.nn.RMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    x = (torch.randn(3, 5, 48) * 3).to(dtype)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = ours.to(dtype)(x1)
+    y2 = torch.nn.functional.rms_norm(x2.float(), (48,), ref.weight.float(), 1e-5).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert y1.dtype == dtype
+    torch.testing.assert_close(y1, y2, atol=tol, rtol=tol)
+    y1.float().pow(2).sum().backward()
+    y2.float().pow(2).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=tol * 10, rtol=tol)
+    tiny = torch.zeros(1, 48)  # eps keeps an all-zero vector finite, as in torch's
+    assert torch.equal(RMSNorm(48)(tiny), torch.nn.RMSNorm(48, eps=1e-5)(tiny))
+
+
 def test_weights_are_tied_unless_asked_otherwise():
     model = GPT(_cfg())
     assert model.lm_head.weight is model.wte.weight

@@ -402,7 +402,7 @@ class RotaryEmbedding(nn.Module):
             if end > self.max_seq_len:
                 self._build(max(end, 2 * self.max_seq_len))
             sin_table = self.sin_signed if signed else self.sin
-            return self.cos[position_ids:end], sin_table[position_ids:end]
+            return self.cos.narrow(0, position_ids, T), sin_table.narrow(0, position_ids, T)
         if not isinstance(position_ids, torch.Tensor) or position_ids.dim() not in (1, 2):
             raise ValueError(f"position_ids must be an int start, or a tensor (T,) or (B, T); got "
                              f"{getattr(position_ids, 'shape', position_ids)!r}")
@@ -488,7 +488,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache=None, layer_idx: int | None = None,
-                need_weights: bool = False, is_causal: bool | None = None):
+                need_weights: bool = False, is_causal: bool | None = None,
+                rope_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None):
         """x (B, T, C) -> (B, T, C), or (out, weights (B, H, T, Tk)) with ``need_weights``.
 
         context: (B, S, C), required for cross-attention. mask: bool / additive, broadcastable to
@@ -497,7 +498,10 @@ class MultiHeadAttention(nn.Module):
         kv_cache / layer_idx: an object with ``update(layer_idx, k, v) -> (k_all, v_all)`` and
         ``length`` (``utils.model.KVCache``): the new keys/values are written into it and attention
         runs over everything cached. is_causal: override the module's ``causal`` (the model passes
-        False when ``mask`` already contains the causal part).
+        False when ``mask`` already contains the causal part). rope_cos_sin: ``(cos, sin_signed)`` from
+        ``rope.cos_sin(position_ids, T, signed=True)``, computed once per forward by the model and
+        shared by all its layers (as Hugging Face's Llama passes ``position_embeddings``); when
+        given, ``position_ids`` is not used.
         """
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"x must be (B, T, n_embd={self.n_embd}), got {tuple(x.shape)}")
@@ -520,21 +524,23 @@ class MultiHeadAttention(nn.Module):
             q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
             k, v = self.kv_proj(src).view(B, S, 2 * Hkv, hd).transpose(1, 2).split(Hkv, dim=1)  # (B, Hkv, S, hd)
         else:
-            # heads of q, then k, then v (narrow/split: cheaper than tensor[:, :, a:b] on a decoding step)
-            qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, hd)
-            qk = qkv.narrow(2, 0, H + Hkv)
+            # heads of q, then k, then v: (B, H + 2*Hkv, T, hd) (narrow/split: cheaper than
+            # tensor[:, a:b] on a decoding step, where every op's overhead counts)
+            qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, hd).transpose(1, 2)
+            v = qkv.narrow(1, H + Hkv, Hkv)  # (B, Hkv, T, hd)
+            qk = qkv.narrow(1, 0, H + Hkv)
             if self.rope is not None:
-                if position_ids is None:
-                    position_ids = kv_cache.length if kv_cache is not None else 0
-                # rotate the q and k heads in one go (the same angles for every head of a position)
-                cos, sin = self.rope.cos_sin(position_ids, T, signed=True)
-                # (T, hd) -> (T, 1, hd); (B, 1, T, hd) -> (B, T, 1, hd): broadcast over the heads axis
-                cos, sin = (cos.unsqueeze(1), sin.unsqueeze(1)) if cos.dim() == 2 else (cos.transpose(1, 2), sin.transpose(1, 2))
+                if rope_cos_sin is None:
+                    if position_ids is None:
+                        position_ids = kv_cache.length if kv_cache is not None else 0
+                    rope_cos_sin = self.rope.cos_sin(position_ids, T, signed=True)
+                # rotate the q and k heads in one go: cos/sin (T, hd) or (B, 1, T, hd) broadcast
+                # over the heads axis (the same angles for every head of a position)
+                cos, sin = rope_cos_sin
                 if cos.dtype != qk.dtype:
                     cos, sin = cos.to(qk.dtype), sin.to(qk.dtype)
-                qk = apply_rope_rolled(qk, cos, sin)  # (B, T, H + Hkv, hd)
-            q, k = qk.transpose(1, 2).split([H, Hkv], dim=1)  # (B, H, T, hd), (B, Hkv, T, hd)
-            v = qkv.narrow(2, H + Hkv, Hkv).transpose(1, 2)
+                qk = apply_rope_rolled(qk, cos, sin)
+            q, k = qk.split([H, Hkv], dim=1)  # (B, H, T, hd), (B, Hkv, T, hd)
         if kv_cache is not None:
             if layer_idx is None:
                 raise ValueError("pass layer_idx with kv_cache (which layer's slot to write)")
