@@ -226,6 +226,8 @@ def test_attention_with_shared_rope_angles_equals_angles_from_positions_and_appl
         k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
         y_ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 32)
         torch.testing.assert_close(y_pos, mha.out_proj(y_ref), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="rope_cos_sin must be"):
+        mha(x, rope_cos_sin=rope.cos_sin(0, 4, signed=True))  # angles for 4 positions, input has 5
 
 
 def test_bf16_autocast_attention_on_cpu_runs_in_fp32_and_returns_bf16():

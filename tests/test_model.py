@@ -308,6 +308,11 @@ def test_kv_cache_limits_raise_clear_errors():
             cache.trim(5)
         with pytest.raises(ValueError, match="made for batch 1"):
             model(_ids(2, 1), kv_cache=cache)
+        hd = model.config.head_dim
+        with pytest.raises(ValueError, match=r"k must be \(B, n_kv_head, T, head_dim\)"):
+            cache.update(0, torch.zeros(4, 1, hd), torch.zeros(4, 1, hd))
+        with pytest.raises(ValueError, match="do not fit the cache"):
+            cache.update(0, torch.zeros(1, 4, 1, hd + 1), torch.zeros(1, 4, 1, hd + 1))
     assert isinstance(cache, KVCache) and "length=4/6" in repr(cache)
 
 

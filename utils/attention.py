@@ -537,6 +537,10 @@ class MultiHeadAttention(nn.Module):
                 # rotate the q and k heads in one go: cos/sin (T, hd) or (B, 1, T, hd) broadcast
                 # over the heads axis (the same angles for every head of a position)
                 cos, sin = rope_cos_sin
+                if cos.shape[-1] != hd or sin.shape != cos.shape or cos.shape[-2] != T:
+                    raise ValueError(f"rope_cos_sin must be (cos, sin_signed) of shape (T={T}, head_dim={hd}) or "
+                                     f"(B, 1, T, head_dim), from rope.cos_sin(position_ids, T, signed=True); got "
+                                     f"{tuple(cos.shape)} and {tuple(sin.shape)}")
                 if cos.dtype != qk.dtype:
                     cos, sin = cos.to(qk.dtype), sin.to(qk.dtype)
                 qk = apply_rope_rolled(qk, cos, sin)
