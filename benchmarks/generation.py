@@ -10,7 +10,8 @@ Three tables:
 3. tokens/s both ways over batch sizes (total tokens per second across the batch);
 4. the headline again with the model under ``torch.compile`` (both paths compiled; ``--no-compile``
    skips it): what is left when the Python and small-op overhead of each step is compiled away.
-Each number is the best of ``--repeats`` runs (least disturbed by other processes).
+Each number is the best of ``--repeats`` runs (least disturbed by other processes), the two paths
+run alternately so that a drift in the machine's speed cannot favour one of them.
 Results are also written to ``benchmarks/results/generation.json``.
 """
 
@@ -45,9 +46,14 @@ def timed_generate(model, prompt_ids, n, use_cache, batch=1):
     return total, [s - t0 for s in stamps], out
 
 
-def best_of(repeats, fn):
-    runs = [fn() for _ in range(repeats)]
-    return min(runs, key=lambda r: r[0])
+def best_of_alternating(repeats, fn_a, fn_b):
+    """(best of fn_a, best of fn_b) over ``repeats`` rounds of a-then-b: on a shared machine whose
+    speed drifts, alternating keeps a slow spell from landing on one path only."""
+    runs_a, runs_b = [], []
+    for _ in range(repeats):
+        runs_a.append(fn_a())
+        runs_b.append(fn_b())
+    return min(runs_a, key=lambda r: r[0]), min(runs_b, key=lambda r: r[0])
 
 
 def window_rate(stamps, first: bool, width: int = 32) -> float:
@@ -61,7 +67,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lengths", type=int, nargs="*", default=[32, 64, 128, 256, 512])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--batch-tokens", type=int, default=64)
@@ -81,8 +87,8 @@ def main(argv=None) -> dict:
 
     # 1. the headline: 256 greedy tokens
     n = args.tokens
-    rec = best_of(args.repeats, lambda: timed_generate(model, prompt, n, False))
-    cac = best_of(args.repeats, lambda: timed_generate(model, prompt, n, True))
+    rec, cac = best_of_alternating(args.repeats, lambda: timed_generate(model, prompt, n, False),
+                                   lambda: timed_generate(model, prompt, n, True))
     same = rec[2] == cac[2]
     headline = {
         "tokens": n, "recompute_tok_s": n / rec[0], "cached_tok_s": n / cac[0], "speedup": rec[0] / cac[0],
@@ -107,8 +113,8 @@ def main(argv=None) -> dict:
     print(f"{'new tokens':>10} {'recompute':>10} {'KV cache':>9} {'speedup':>8} {'same':>5}")
     lengths = []
     for L in args.lengths:
-        r = best_of(args.repeats, lambda: timed_generate(model, prompt, L, False))
-        c = best_of(args.repeats, lambda: timed_generate(model, prompt, L, True))
+        r, c = best_of_alternating(args.repeats, lambda: timed_generate(model, prompt, L, False),
+                                   lambda: timed_generate(model, prompt, L, True))
         row = {"new_tokens": L, "recompute_tok_s": L / r[0], "cached_tok_s": L / c[0], "speedup": r[0] / c[0],
                "identical_tokens": r[2] == c[2]}
         lengths.append(row)
@@ -121,8 +127,8 @@ def main(argv=None) -> dict:
     print(f"{'batch':>6} {'recompute':>10} {'KV cache':>9} {'speedup':>8}")
     batches = []
     for B in args.batches:
-        r = best_of(args.repeats, lambda: timed_generate(model, prompt, L, False, batch=B))
-        c = best_of(args.repeats, lambda: timed_generate(model, prompt, L, True, batch=B))
+        r, c = best_of_alternating(args.repeats, lambda: timed_generate(model, prompt, L, False, batch=B),
+                                   lambda: timed_generate(model, prompt, L, True, batch=B))
         row = {"batch": B, "recompute_tok_s": B * L / r[0], "cached_tok_s": B * L / c[0], "speedup": r[0] / c[0]}
         batches.append(row)
         print(f"{B:>6} {row['recompute_tok_s']:>10.1f} {row['cached_tok_s']:>9.1f} {row['speedup']:>7.2f}x")
@@ -137,8 +143,8 @@ def main(argv=None) -> dict:
             timed_generate(cmodel, prompt, n, True)  # compiles the prefill and decoding graphs
             timed_generate(cmodel, prompt, n, False)  # and the recompute graph (dynamic length)
             compile_s = time.perf_counter() - t0
-            rec_c = best_of(args.repeats, lambda: timed_generate(cmodel, prompt, n, False))
-            cac_c = best_of(args.repeats, lambda: timed_generate(cmodel, prompt, n, True))
+            rec_c, cac_c = best_of_alternating(args.repeats, lambda: timed_generate(cmodel, prompt, n, False),
+                                               lambda: timed_generate(cmodel, prompt, n, True))
             compiled = {"tokens": n, "compile_and_first_runs_s": compile_s, "recompute_tok_s": n / rec_c[0],
                         "cached_tok_s": n / cac_c[0], "speedup": rec_c[0] / cac_c[0],
                         "identical_tokens": rec_c[2] == cac_c[2] == cac[2]}

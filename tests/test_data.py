@@ -7,7 +7,7 @@ import torch
 
 import utils.data as data
 from utils.data import (CORPUS_SHA256, GENRES, SPLITS, TEST_PLAYS, TINYSHAKESPEARE_SHA256, VAL_PLAYS,
-                        get_batch, load_corpus, load_tinyshakespeare, parse_play)
+                        EpochSampler, get_batch, load_corpus, load_tinyshakespeare, parse_play)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,43 @@ def test_get_batch_rejects_bad_data(bad, match):
 def test_get_batch_rejects_nonpositive_sizes():
     with pytest.raises(ValueError, match=">= 1"):
         get_batch(torch.arange(100), batch_size=0, block_size=8)
+
+
+def test_an_epoch_sampler_pass_predicts_every_token_at_most_once_and_almost_all_of_them():
+    stream = torch.arange(1000)  # token value = its position, so windows say where they came from
+    sampler = EpochSampler(stream, batch_size=7, block_size=9, generator=torch.Generator().manual_seed(0))
+    per_pass = (1000 - 10) // 10 + 1  # windows of block_size + 1 tokens in one pass (at most)
+    targets = []
+    while sampler.passes == 0:
+        x, y = sampler.next_batch()
+        assert x.shape == y.shape == (7, 9) and torch.equal(y[:, :-1], x[:, 1:])
+        targets.append(y)
+    seen = torch.cat(targets).flatten()
+    first_pass = seen[:len(seen) - (len(seen) % 9)]  # the last batch may run into the next pass
+    counts = torch.bincount(first_pass[: (per_pass - 1) * 9], minlength=1000)
+    assert int(counts.max()) == 1  # nothing twice within a pass
+    assert int((counts > 0).sum()) >= (per_pass - 1) * 9 >= 0.88 * 1000  # and ~9/10 of the tokens once
+
+
+def test_epoch_sampler_moves_window_boundaries_between_passes_and_is_repeatable():
+    stream = torch.arange(500)
+
+    def starts_of_two_passes(seed):
+        s = EpochSampler(stream, batch_size=1, block_size=9, generator=torch.Generator().manual_seed(seed))
+        firsts = {0: set(), 1: set()}
+        while True:
+            first_token = int(s.next_batch()[0][0, 0])
+            if s.passes == 2:  # that batch already belongs to a third pass
+                return firsts
+            firsts[s.passes].add(first_token % 10)
+
+    a, b = starts_of_two_passes(3), starts_of_two_passes(3)
+    assert a == b  # same seed, same batches
+    runs = [starts_of_two_passes(seed) for seed in range(10)]
+    assert all(len(offsets) == 1 for run in runs for offsets in run.values())  # windows of a pass do not overlap
+    assert any(run[0] != run[1] for run in runs)  # a new random offset each pass
+
+
+def test_epoch_sampler_rejects_bad_data():
+    with pytest.raises(ValueError, match="too few"):
+        EpochSampler(torch.arange(5), batch_size=2, block_size=8)

@@ -74,6 +74,30 @@ def test_a_few_steps_of_training_reduce_the_loss_on_a_tiny_corpus():
     assert result.final_val_loss < 1.0
 
 
+def test_epoch_sampling_trains_on_every_window_of_a_pass(monkeypatch):
+    import utils.data
+
+    seen = []
+    original = utils.data.EpochSampler.next_batch
+
+    def spy(self):
+        x, y = original(self)
+        seen.append(x[:, 0].clone())
+        return x, y
+
+    monkeypatch.setattr(utils.data.EpochSampler, "next_batch", spy)
+    torch.manual_seed(0)
+    data = torch.arange(720)  # token = position, so a window's first input says where it starts
+    model = TinyLM(TinyConfig(vocab_size=720))
+    result = train(model, data, None, _quiet(max_steps=10, batch_size=8, lr=3e-2, sampling="epochs"))
+    assert result.steps == 10 and len(seen) == 10
+    first_pass = torch.cat(seen)[:79].tolist()  # a pass has 79 or 80 windows of block_size + 1 = 9 tokens
+    assert len(set(first_pass)) == 79  # no window twice
+    assert len({start % 9 for start in first_pass}) == 1  # non-overlapping: one offset for the pass
+    with pytest.raises(ValueError, match="sampling"):
+        TrainConfig(sampling="shuffled")
+
+
 def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     kw = dict(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=110)
     lrs = [lr_schedule(s, **kw) for s in range(130)]
@@ -198,15 +222,22 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_makes_it_fast(monkeyp
     assert training.resolve_precision("cpu", "auto") == "fp32"
 
 
-def test_cpu_has_fast_bf16_reports_the_amx_probe(monkeypatch):
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True),
+                                                        (False, False, False)])
+def test_cpu_has_fast_bf16_reports_the_amx_and_avx512_bf16_probes(monkeypatch, amx, avx512_bf16, expected):
     from utils import training
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert training.cpu_has_fast_bf16() is True
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert training.cpu_has_fast_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert training.cpu_has_fast_bf16() is expected
+
+
+def test_cpu_has_fast_bf16_is_false_on_a_torch_without_the_probes(monkeypatch):
+    from utils import training
+
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert training.cpu_has_fast_bf16() is False  # an older torch without the probe: stay in fp32
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert training.cpu_has_fast_bf16() is False  # an older torch: stay in fp32
 
 
 def test_bf16_autocast_training_step_stays_close_to_fp32():

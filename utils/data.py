@@ -334,15 +334,7 @@ def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = T
 # Language-model batches
 # ---------------------------------------------------------------------------------------------
 
-def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
-              device: torch.device | str | None = None,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of a token stream for next-token prediction.
-
-    ``data``: 1-D integer tensor (N,). Returns ``x, y`` of shape (batch_size, block_size), where
-    ``y`` is ``x`` shifted one position left (the token that follows each input position).
-    Pass a seeded ``torch.Generator`` for repeatable batches.
-    """
+def _check_stream(data: torch.Tensor, batch_size: int, block_size: int) -> None:
     if not isinstance(data, torch.Tensor) or data.dim() != 1:
         raise ValueError(f"data must be a 1-D tensor of token ids, got "
                          f"{type(data).__name__} with shape {getattr(data, 'shape', None)}")
@@ -353,9 +345,11 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
     if len(data) <= block_size:
         raise ValueError(f"data has {len(data)} tokens, too few for block_size={block_size} "
                          f"(need at least block_size + 1 = {block_size + 1})")
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    offsets = torch.arange(block_size + 1)
-    windows = data[starts[:, None] + offsets].long()
+
+
+def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
+             device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    windows = data[starts[:, None] + torch.arange(block_size + 1)].long()
     x, y = windows[:, :-1], windows[:, 1:]
     if device is not None:
         device = torch.device(device)
@@ -363,3 +357,61 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
     return x, y
+
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
+              device: torch.device | str | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a token stream for next-token prediction (nanoGPT's sampler).
+
+    ``data``: 1-D integer tensor (N,). Returns ``x, y`` of shape (batch_size, block_size), where
+    ``y`` is ``x`` shifted one position left (the token that follows each input position).
+    Each window starts at a uniformly random position, independently (sampling with replacement:
+    over many batches some tokens are seen more often than others; :class:`EpochSampler` sees each
+    once per pass). Pass a seeded ``torch.Generator`` for repeatable batches.
+    """
+    _check_stream(data, batch_size, block_size)
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    return _windows(data, starts, block_size, device)
+
+
+class EpochSampler:
+    """Batches that cover a token stream in passes (epochs), every token once per pass.
+
+    Each pass cuts ``data`` (N,) into non-overlapping windows of ``block_size + 1`` tokens starting at
+    a random offset (so window boundaries move between passes), shuffles them, and serves them
+    ``batch_size`` at a time: ``x, y = sampler.next_batch()`` with shapes (batch_size, block_size).
+    Compared with :func:`get_batch`'s independent random windows, no part of the text is seen much
+    more often than another, which matters once training runs several passes over a small corpus
+    (``benchmarks/pretrain_cpu.py`` measures it). ``passes`` counts completed passes.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, block_size: int,
+                 device: torch.device | str | None = None, generator: torch.Generator | None = None):
+        _check_stream(data, batch_size, block_size)
+        self.data, self.batch_size, self.block_size = data, batch_size, block_size
+        self.device, self.generator = device, generator
+        self.passes = 0
+        self._order = torch.empty(0, dtype=torch.long)
+        self._next = 0
+
+    def _new_pass(self) -> None:
+        span = self.block_size + 1
+        room = len(self.data) - span  # the last start that still fits
+        offset = int(torch.randint(min(span, room + 1), (1,), generator=self.generator))
+        starts = torch.arange(offset, room + 1, span)
+        self._order = starts[torch.randperm(len(starts), generator=self.generator)]
+        self._next = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks, need = [], self.batch_size
+        while need:
+            if self._next >= len(self._order):
+                if len(self._order):
+                    self.passes += 1
+                self._new_pass()
+            take = self._order[self._next:self._next + need]
+            self._next += len(take)
+            need -= len(take)
+            chunks.append(take)
+        return _windows(self.data, torch.cat(chunks), self.block_size, self.device)
