@@ -230,6 +230,14 @@ def test_epoch_sampler_moves_window_boundaries_between_passes_and_is_repeatable(
     assert any(run[0] != run[1] for run in runs)  # a new random offset each pass
 
 
-def test_epoch_sampler_rejects_bad_data():
-    with pytest.raises(ValueError, match="too few"):
-        EpochSampler(torch.arange(5), batch_size=2, block_size=8)
+@pytest.mark.parametrize("bad, sizes, match", [
+    (torch.arange(5), (2, 8), "too few"),
+    (torch.zeros(3, 20, dtype=torch.long), (2, 8), "1-D"),
+    (torch.rand(50), (2, 8), "integer token ids"),
+    ([1, 2, 3], (2, 8), "1-D tensor"),
+    (torch.arange(100), (0, 8), "batch_size=0"),
+    (torch.arange(100), (2, 8.5), "block_size=8.5"),
+])
+def test_epoch_sampler_rejects_bad_data_and_sizes(bad, sizes, match):
+    with pytest.raises(ValueError, match=match):
+        EpochSampler(bad, *sizes)

@@ -136,3 +136,11 @@ def test_keep_freed_memory_is_idempotent():
     from utils.runtime import keep_freed_memory
 
     assert keep_freed_memory() == keep_freed_memory()
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "1G", True])
+def test_keep_freed_memory_rejects_a_bad_trim_threshold(bad):
+    from utils.runtime import keep_freed_memory
+
+    with pytest.raises(ValueError, match="trim_threshold"):
+        keep_freed_memory(bad)

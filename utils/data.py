@@ -340,8 +340,9 @@ def _check_stream(data: torch.Tensor, batch_size: int, block_size: int) -> None:
                          f"{type(data).__name__} with shape {getattr(data, 'shape', None)}")
     if data.dtype.is_floating_point or data.dtype == torch.bool:
         raise ValueError(f"data must hold integer token ids, got dtype {data.dtype}")
-    if batch_size < 1 or block_size < 1:
-        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"batch_size and block_size must be ints >= 1, got {name}={value!r}")
     if len(data) <= block_size:
         raise ValueError(f"data has {len(data)} tokens, too few for block_size={block_size} "
                          f"(need at least block_size + 1 = {block_size + 1})")

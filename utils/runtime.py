@@ -101,6 +101,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     Windows and musl keep their own allocator). :func:`utils.training.train` calls it.
     """
     global _allocator_tuned
+    if not isinstance(trim_threshold, int) or isinstance(trim_threshold, bool) or trim_threshold < 0:
+        raise ValueError(f"trim_threshold must be a number of bytes >= 0 (e.g. 1 << 30 for 1 GiB), "
+                         f"got {trim_threshold!r}")
     if _allocator_tuned is not None:
         return _allocator_tuned
     _allocator_tuned = False
