@@ -38,6 +38,33 @@ def test_reference_solution_passes_its_own_check(exercise):
 
 
 @pytest.mark.parametrize("exercise", ALL)
+def test_a_realistic_wrong_answer_fails(exercise):
+    assert exercise.wrong_code.strip(), f"{exercise.title!r} needs wrong_code: a realistic mistake the check must catch"
+    ok, message = exercise.passes(exercise.wrong_answer())
+    assert not ok and message, f"the check of {exercise.title!r} accepts the wrong answer in wrong_code"
+
+
+@pytest.mark.parametrize("exercise", ALL)
+def test_every_exercise_has_two_levels_of_hint(exercise):
+    assert exercise.hint.strip() and exercise.hint2.strip() and exercise.hint != exercise.hint2
+    assert exercise.hint.strip() not in exercise.solution_code, "the conceptual hint must not be the solution"
+
+
+def test_hints_escalate_only_after_failed_attempts(capsys):
+    exercise = ALL[0].values[0]
+    fresh = type(exercise)(title=exercise.title, test=exercise.test, hint=exercise.hint, hint2=exercise.hint2,
+                           solution_code=exercise.solution_code, answer_name=exercise.answer_name,
+                           wrong_code=exercise.wrong_code)
+    wrong = fresh.wrong_answer()
+    assert fresh.check(wrong) is False
+    first = capsys.readouterr().out
+    assert fresh.hint in first and fresh.hint2 not in first
+    assert fresh.check(wrong) is False
+    second = capsys.readouterr().out
+    assert fresh.hint2 in second and ".solution()" in second
+
+
+@pytest.mark.parametrize("exercise", ALL)
 def test_a_missing_answer_fails_with_a_message(exercise):
     ok, message = exercise.passes(None)
     assert not ok and message
@@ -51,7 +78,8 @@ def test_check_reports_an_unfinished_stub_without_raising(capsys):
     exercise = ALL[0].values[0]
     assert exercise.check(_stub) is False
     out = capsys.readouterr().out
-    assert "❌" in out and "not implemented yet" in out and "Hint:" in out
+    assert "❌" in out and "not implemented yet" in out
+    assert "Hint" not in out, "an unfinished stub is not an attempt: no hint before a first try"
 
 
 def test_check_prints_success_for_the_reference(capsys):

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.training import (CheckpointError, TrainConfig, bits_per_character, enable_gradient_checkpointing,
-                            load_checkpoint, lr_schedule, read_checkpoint, save_checkpoint, sum_token_nll,
+from utils.metrics import bits_per_character, sum_token_nll
+from utils.training import (CheckpointError, TrainConfig, enable_gradient_checkpointing,
+                            load_checkpoint, lr_schedule, read_checkpoint, save_checkpoint,
                             train, weights_sha256)
 
 

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     """`make pretrain`: train the tokenizer and the course model, evaluate, write both files."""
     from utils.data import load_corpus
     from utils.model import GPT
-    from utils.training import bits_per_character, file_sha256, resolve_precision, save_checkpoint, text_sha256, train
+    from utils.metrics import bits_per_character
+    from utils.training import file_sha256, resolve_precision, save_checkpoint, text_sha256, train
 
     parser = argparse.ArgumentParser(prog="python -m utils.pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=COURSE_STEPS, help="optimizer steps (default %(default)s)")
