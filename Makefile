@@ -2,53 +2,76 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(abspath $(VENV))/bin/python
-# A CPU build of torch is installed first where none is present, so nothing pulls a multi-GB
-# CUDA build by accident. On a GPU machine: `make setup TORCH_SPEC="torch"` (or install torch first).
+# The torch release the course is tested with. tools/install_torch.py installs it only where no torch
+# meeting requirements.txt's minimum is present: the CPU build from PyTorch's CPU index on Linux without
+# an NVIDIA GPU, the CUDA build where nvidia-smi finds one, the default build on macOS and Windows.
 TORCH_SPEC ?= torch==2.13.0
 # Every command below runs with the course's virtual environment first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# torch's OpenMP threads sleep instead of spinning when they wait: without this a training cell slows
+# 10-20x whenever another program uses a core (benchmarks/contention.py). utils.runtime sets the same.
+export OMP_WAIT_POLICY ?= PASSIVE
+# `make execute DEVICE=cuda` (or mps, cpu) runs the notebooks on that device (utils.runtime.get_device).
+ifdef DEVICE
+export LLM_COURSE_DEVICE := $(DEVICE)
+endif
+# Quiet logs: pip's version nag; kernels talk to nbconvert over local IPC sockets rather than TCP
+# (ipykernel warns about unencrypted TCP otherwise).
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+KERNEL_IPC := --KernelManager.transport=ipc
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: help setup test unit notebooks lab execute pretrain benchmarks clean
+.PHONY: help setup test unit notebooks test-browser lab execute pretrain benchmarks sync-setup-cell clean
 
 help:
-	@echo "make setup      create .venv and install the course (CPU torch first, then requirements)"
-	@echo "make lab        open JupyterLab on the course"
-	@echo "make test       unit tests, then every notebook under nbval in fast mode (LLM_COURSE_FAST=1)"
-	@echo "make execute    re-run every notebook in place in default mode (fresh committed outputs)"
-	@echo "make pretrain   rebuild the course model in data/checkpoints/"
+	@echo "make setup         create .venv and install the course (the right torch build first, then requirements)"
+	@echo "make lab           open JupyterLab on the course (LAB_ARGS=\"--port 8899 --no-browser\" to pass options)"
+	@echo "make test          unit tests, every notebook under nbval in fast mode, then the browser test"
+	@echo "make test-browser  run notebooks in JupyterLab in headless Chromium and use their widgets"
+	@echo "make execute       re-run every notebook in place in default mode (NB=... for one, DEVICE=cuda for a GPU)"
+	@echo "make pretrain      rebuild the course model in data/checkpoints/"
 
 setup:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) tools/install_torch.py --python $(PY) --spec "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m utils.wordnet install
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (LLM Internals)" >/dev/null
-	$(PY) -c "import utils, torch; print('setup ok: torch', torch.__version__)"
+	$(PY) -c "import utils.runtime, torch; print('setup ok: torch', torch.__version__, '(CUDA)' if torch.cuda.is_available() else '')"
 
-test: unit notebooks
+test: unit notebooks test-browser
 
 unit:
-	LLM_COURSE_FAST=1 $(PY) -m pytest tests
+	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser
 
 notebooks:
 	LLM_COURSE_FAST=1 $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)
 
+# JupyterLab on a random loopback port, driven by Debian's Chromium (tests/browser/README in the test's docstring).
+test-browser:
+	LLM_COURSE_FAST=1 $(PY) -m pytest tests/browser
+
 # Loopback only; --allow-root only where we run as root (containers), which Jupyter refuses otherwise.
+# LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--port 8899 --no-browser".
 lab:
 	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# NB=notebooks/01_tokenization.ipynb re-executes one notebook.
+# NB=notebooks/01_tokenization.ipynb re-executes one notebook; DEVICE=cuda runs them on a GPU.
 execute:
-	LLM_COURSE_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	LLM_COURSE_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace $(KERNEL_IPC) \
 		--ExecutePreprocessor.timeout=1800 $(or $(NB),$(NOTEBOOKS))
 
 # The course model: trains the default recipe (utils/pretrain.py) and writes data/checkpoints/.
 pretrain:
 	$(PY) -m utils.pretrain
 
+# Copies notebooks/_setup_cell.py into the first code cell of every notebook (a test checks they agree).
+sync-setup-cell:
+	$(PY) tests/sync_setup_cell.py
+
 clean:
-	rm -rf data/corpus data/cache .pytest_cache .hypothesis
+	rm -rf data/corpus data/cache data/nltk_data .pytest_cache .hypothesis build/screenshots

@@ -29,7 +29,8 @@ torch.set_num_threads(int(sys.argv[2]))
 from utils.data import get_batch
 from utils.model import GPT
 from utils.pretrain import COURSE_RECIPE
-from utils.training import autocast_context, configure_optimizer, resolve_precision
+from utils.precision import autocast_context, resolve_precision
+from utils.training import configure_optimizer
 recipe = COURSE_RECIPE.with_(precision=sys.argv[3])
 torch.manual_seed(0)
 model = GPT(recipe.model_config(2048)).train()

@@ -5,22 +5,26 @@
 
 Time: median wall-clock of ``--repeats`` calls after one warm-up (on CUDA with synchronisation).
 Peak memory: bytes of the tensors each call allocates, at their peak.
-- On CPU it is measured op by op with ``utils.attention.peak_tensor_memory`` (a TorchDispatchMode
+- On CPU it is measured op by op with ``utils.measure.peak_tensor_memory`` (a TorchDispatchMode
   that counts every output storage while it is alive; inputs are not counted, the output is).
   ``tracemalloc`` is useless here (torch allocates outside Python's allocator). For torch's fused
   SDPA kernel, buffers it allocates and frees internally are invisible to this count, so its
   figure is a lower bound (those buffers are per-thread tiles, independent of T).
 - On CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
 The last column is the size of one full (B, H, T, T) fp32 score matrix, for reference.
+
+A second table times one training step of torch's SDPA (forward + backward) in fp32 and in bf16
+at the course model's attention shape (``--train-shape B H T d``): the reason
+``utils.attention.attend`` runs train-time attention on CPU in fp32 even under bf16 autocast.
+Results are written to ``benchmarks/results/attention.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,26 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from utils.attention import flash_attention, peak_tensor_memory, scaled_dot_product_attention  # noqa: E402
+from utils.attention import flash_attention, scaled_dot_product_attention  # noqa: E402
+from utils.measure import peak_tensor_memory, time_fn  # noqa: E402
 
 MiB = 2**20
 
 
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+def _timed(fn, repeats: int) -> float:
     with torch.no_grad():
-        fn()
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time_fn(fn, repeats=repeats, warmup=1).median
 
 
 def _peak(fn, q, k, v, device: torch.device) -> int:
@@ -75,6 +68,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-causal", action="store_true")
+    parser.add_argument("--train-shape", type=int, nargs=4, default=[32, 6, 128, 32], metavar=("B", "H", "T", "d"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "attention.json")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         q, k, v = (torch.randn(shape, generator=g).to(device) for _ in range(3))
         row = {"T": T}
         for name, fn in impls.items():
-            row[f"{name}_ms"] = 1e3 * _timed(lambda: fn(q, k, v), args.repeats, device)
+            row[f"{name}_ms"] = 1e3 * _timed(lambda: fn(q, k, v), args.repeats)
             row[f"{name}_mib"] = _peak(fn, q, k, v, device) / MiB
         with torch.no_grad():
             row["err"] = (impls["flash"](q, k, v) - impls["sdpa"](q, k, v)).abs().max().item()
@@ -111,7 +106,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{T:>6} | {row['naive_ms']:>9.2f} {row['flash_ms']:>9.2f} {row['sdpa_ms']:>9.2f} | "
               f"{row['naive_mib']:>9.2f} {row['flash_mib']:>9.2f} {row['sdpa_mib']:>9.2f} | "
               f"{row['scores_mib']:>10.2f} | {row['err']:>16.2e}", flush=True)
+
+    train = _train_step_table(args.train_shape, args.repeats, device, causal)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "load_avg": load,
+                                    "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
+                                    "causal": causal, "rows": rows, "train_step": train}, indent=1) + "\n")
     return rows
+
+
+def _train_step_table(shape, repeats: int, device: torch.device, causal: bool) -> dict:
+    """Forward + backward of torch SDPA in fp32 and bf16 (inputs in that dtype): ms per step."""
+    B, H, T, d = shape
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(B, H, T, d, generator=g).to(device) for _ in range(3)]
+    result = {"shape": list(shape)}
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (t.to(dtype).requires_grad_() for t in base)
+
+        def step():
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal).float().sum().backward()
+
+        result[str(dtype).removeprefix("torch.") + "_ms"] = 1e3 * time_fn(step, repeats=repeats, warmup=1).median
+    result["bf16_over_fp32"] = result["bfloat16_ms"] / result["float32_ms"]
+    print(f"\none training step of torch SDPA (forward + backward), B={B} H={H} T={T} d={d}: "
+          f"fp32 {result['float32_ms']:.2f} ms, bf16 {result['bfloat16_ms']:.2f} ms "
+          f"(bf16 / fp32 = {result['bf16_over_fp32']:.2f})")
+    return result
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ from utils.model import GPT  # noqa: E402
 from utils.pretrain import BABY_GPT, COURSE_RECIPE, Recipe  # noqa: E402
 from utils.runtime import set_seed  # noqa: E402
 from utils.metrics import bits_per_character  # noqa: E402
-from utils.training import cpu_has_fast_bf16, resolve_precision, train  # noqa: E402
+from utils.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
+from utils.training import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

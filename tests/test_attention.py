@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from utils.attention import (LearnedPositionalEmbedding, MultiHeadAttention, RotaryEmbedding, apply_rope,
-                             apply_rope_rolled, attend, causal_mask, flash_attention, scaled_dot_product_attention,
+from utils.attention import MultiHeadAttention, attend, causal_mask, flash_attention, scaled_dot_product_attention
+from utils.measure import peak_tensor_memory
+from utils.positions import (LearnedPositionalEmbedding, RotaryEmbedding, apply_rope, apply_rope_rolled,
                              sinusoidal_positions)
 
 ATOL = 1e-5
@@ -295,15 +296,49 @@ def test_grouped_query_attention_equals_full_attention_with_shared_kv_heads():
     assert MultiHeadAttention(C, H, n_kv_head=1).qkv_weights()[2].shape == (hd, C)  # multi-query
 
 
+def _mha_reference(mha, x, mask=None):
+    """Multi-head attention written out in float64 from the module's weights: the reference both
+    implementations are compared with. Returns (out (B, T, C), weights (B, H, T, T))."""
+    B, T, C = x.shape
+    H, Hkv, hd = mha.n_head, mha.n_kv_head, mha.head_dim
+    w_q, w_k, w_v = (w.double() for w in mha.qkv_weights())
+    b_q, b_k, b_v = mha.qkv_proj.bias.double().split([H * hd, Hkv * hd, Hkv * hd])
+    xd = x.double()
+    q = (xd @ w_q.T + b_q).view(B, T, H, hd).transpose(1, 2)
+    k = (xd @ w_k.T + b_k).view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+    v = (xd @ w_v.T + b_v).view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    if mask is not None:
+        allowed = allowed & mask
+    weights = torch.softmax(scores.masked_fill(~allowed, -math.inf), -1)
+    y = (weights @ v).transpose(1, 2).reshape(B, T, H * hd)
+    return y @ mha.out_proj.weight.double().T + mha.out_proj.bias.double(), weights
+
+
 @pytest.mark.parametrize("impl", ["torch", "ours"])
-def test_multihead_attention_returns_causal_weights(impl):
-    mha = MultiHeadAttention(16, 2, impl=impl).eval()
+@pytest.mark.parametrize("n_kv", [4, 2])
+def test_multihead_attention_equals_a_float64_reference_and_returns_causal_weights(impl, n_kv):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_head=n_kv, impl=impl).eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.normal_(0, 0.5)  # every weight and bias random (zero biases would hide a bias bug)
     x = torch.randn(3, 5, 16)
-    out, w = mha(x, need_weights=True)
-    torch.testing.assert_close(out, mha(x), atol=ATOL, rtol=0)
-    assert w.shape == (3, 2, 5, 5)
+    pad = torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    pad[1, ..., :2] = False  # row 1: two padding keys (each query still sees itself: the diagonal is kept)
+    pad = pad | torch.eye(5, dtype=torch.bool)
+    with torch.no_grad():
+        ref_out, ref_w = _mha_reference(mha, x)
+        out, w = mha(x, need_weights=True)
+        torch.testing.assert_close(mha(x).double(), ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w.double(), ref_w, atol=1e-6, rtol=1e-5)
+        ref_masked, _ = _mha_reference(mha, x, pad)
+        torch.testing.assert_close(mha(x, mask=pad, is_causal=True).double(), ref_masked, atol=1e-5, rtol=1e-5)
+    assert w.shape == (3, 4, 5, 5)
     assert w.triu(1).abs().max() == 0
-    torch.testing.assert_close(w.sum(-1), torch.ones(3, 2, 5))
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 4, 5))
 
 
 def test_cross_attention_reads_the_context():
@@ -349,8 +384,6 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_peak_tensor_memory_sees_the_quadratic_score_matrix_only_in_naive_attention():
-    from utils.attention import peak_tensor_memory
-
     q, k, v = _qkv(1, 2, tq=256, tk=256, d=16)
     scores_bytes = 2 * 256 * 256 * 4
     out, naive = peak_tensor_memory(scaled_dot_product_attention, q, k, v)

@@ -13,29 +13,38 @@ def _message(exercise, answer):
     return message
 
 
-def test_causal_mask_check_names_an_inverted_a_transposed_and_a_diagonal_free_mask():
-    tril = lambda T: torch.ones(T, T).tril().bool()  # noqa: E731
-    assert "inverted" in _message(ch02.causal_mask, lambda T: ~tril(T))
-    assert "transposed" in _message(ch02.causal_mask, lambda T: tril(T).T)
-    assert "itself" in _message(ch02.causal_mask, lambda T: torch.ones(T, T).tril(-1).bool())
-    assert "dtype" in _message(ch02.causal_mask, lambda T: torch.ones(T, T).tril())
+def test_sink_window_check_names_leaky_sinks_a_missing_sink_and_an_off_by_one_window():
+    def grid(T):
+        return torch.arange(T)[:, None], torch.arange(T)[None, :]
+
+    def leaky(T, w, n):
+        i, j = grid(T)
+        return (j > i - w) | (j < n)
+
+    def no_sinks(T, w, n):
+        i, j = grid(T)
+        return (j <= i) & (j > i - w)
+
+    def one_too_many(T, w, n):
+        i, j = grid(T)
+        return (j <= i) & ((j >= i - w) | (j < n))
+
+    assert "causal" in _message(ch02.sink_window_mask, leaky)
+    assert "plain sliding window" in _message(ch02.sink_window_mask, no_sinks)
+    assert "keys" in _message(ch02.sink_window_mask, one_too_many)
 
 
-def test_attention_check_names_a_missing_scale_and_a_mask_applied_after_the_softmax():
-    def unscaled(q, k, v, mask=None):
-        scores = q @ k.T
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1) @ v
+def test_softmax_merge_check_names_a_missing_rescale_and_an_overflow():
+    def no_rescale(m1, l1, a1, m2, l2, a2):
+        return torch.maximum(m1, m2), l1 + l2, a1 + a2
 
-    def mask_after_softmax(q, k, v, mask=None):
-        w = (q @ k.T / math.sqrt(q.shape[-1])).softmax(-1)
-        if mask is not None:
-            w = w * mask
-        return w @ v
+    def raw_exp(m1, l1, a1, m2, l2, a2):  # undoes the max subtraction: overflows on large scores
+        m = torch.maximum(m1, m2)
+        return m, l1 * torch.exp(m1) + l2 * torch.exp(m2), a1 * torch.exp(m1)[:, None] + a2 * torch.exp(m2)[:, None]
 
-    assert "scale" in _message(ch02.attention_one_head, unscaled)
-    assert "BEFORE the softmax" in _message(ch02.attention_one_head, mask_after_softmax)
+    assert "rescale" in _message(ch02.merge_softmax_blocks, no_rescale)
+    message = _message(ch02.merge_softmax_blocks, raw_exp)
+    assert "l is wrong" in message or "inf/NaN" in message
 
 
 def test_kv_cache_check_names_forgetting_v_and_caching_every_query_head():

@@ -229,3 +229,18 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(TypeError):
         generate(model, "hello", 3)
     assert generate(model, [4, 5], 0) == [4, 5]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_repetition_penalty_in_a_left_padded_batch_ignores_the_padding(use_cache):
+    model = _model("rope", block_size=32)
+    short, long = [5, 9], [3, 8, 1, 7, 2, 6]
+    alone_plain = generate(model, short, 6, temperature=0)
+    # pad with the token the short prompt would generate first: counting the padding as "seen"
+    # would penalise exactly that token and change the short row's output
+    pad = alone_plain[len(short)]
+    alone = [generate(model, p, 6, temperature=0, repetition_penalty=3.0, use_cache=use_cache) for p in (short, long)]
+    batched = generate(model, [short, long], 6, temperature=0, repetition_penalty=3.0, pad_token_id=pad,
+                       use_cache=use_cache)
+    assert batched == alone
+    assert alone[0] != generate(model, short, 6, temperature=0)  # the penalty does change this output

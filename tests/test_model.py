@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from utils.model import (PUBLISHED_ARCHITECTURES, GPT, EncoderDecoder, EncoderModel, GPTConfig, KVCache,
-                         architecture_parameters, count_parameters, memory_footprint)
+from utils.encoders import EncoderDecoder, EncoderModel
+from utils.kv_cache import KVCache
+from utils.model import GPT, GPTConfig, RMSNorm
+from utils.params import PUBLISHED_ARCHITECTURES, architecture_parameters, count_parameters, memory_footprint
 
 ATOL = 1e-5
 
@@ -88,7 +90,6 @@ def test_memory_footprint_scales_with_bytes_per_parameter():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rmsnorm_equals_torch_rmsnorm_values_and_gradients(dtype):
-    from utils.model import RMSNorm
     torch.manual_seed(0)
     ours, ref = RMSNorm(48, eps=1e-5), torch.nn.RMSNorm(48, eps=1e-5)
     with torch.no_grad():
@@ -235,7 +236,7 @@ def test_kv_cache_prefill_then_one_token_at_a_time_equals_recompute(kw):
             pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL, rtol=0)
     assert cache.length == 20 and cache.k.data_ptr() == k_ptr  # written in place, never re-allocated
-    assert cache.k.shape == (3, 2, model.config.kv_heads, 32, 8)
+    assert cache.k.shape == (3, 2, model.config.resolved_n_kv_head, 32, 8)
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
@@ -365,3 +366,232 @@ def test_a_few_training_steps_reduce_the_loss(kind):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ---- extension points: hidden states, replaceable MLP with aux loss, past keys/values ----------------
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_hidden_states_of_real_tokens_do_not_depend_on_padding(pos, side):
+    torch.manual_seed(0)
+    model = GPT(_cfg(pos=pos, norm="rmsnorm")).eval()
+    rows = [_ids(1, 9, seed=1)[0], _ids(1, 4, seed=2)[0], _ids(1, 6, seed=3)[0]]
+    T = 11  # every row padded, by at least 2
+    idx = torch.full((3, T), 7, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.long)  # 0/1 masks are accepted as well as bool
+    for i, r in enumerate(rows):
+        sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        idx[i, sl], mask[i, sl] = r, 1
+    with torch.no_grad():
+        h = model.hidden_states(idx, mask)
+        other_padding = model.hidden_states(torch.where(mask.bool(), idx, 60), attention_mask=mask)
+        for i, r in enumerate(rows):
+            sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+            alone = model.hidden_states(r[None])
+            torch.testing.assert_close(h[i, sl], alone[0], atol=ATOL, rtol=0)
+            torch.testing.assert_close(other_padding[i, sl], alone[0], atol=ATOL, rtol=0)
+            # what lm_head reads: the logits are lm_head(hidden_states)
+            torch.testing.assert_close(model.lm_head(alone), model(r[None])[0], atol=ATOL, rtol=0)
+    assert h.shape == (3, T, 32) and torch.isfinite(h).all()
+
+
+class _AuxMLP(torch.nn.Module):
+    """Wraps a block's MLP and reports a made-up auxiliary loss: coef * mean(y^2)."""
+
+    def __init__(self, mlp, coef):
+        super().__init__()
+        self.inner, self.coef = mlp, coef
+
+    def forward(self, x):
+        y = self.inner(x)
+        return y, {"aux_loss": self.coef * y.pow(2).mean(), "note": "dummy"}
+
+
+def test_an_mlp_returning_an_aux_loss_adds_it_to_the_training_loss_only():
+    torch.manual_seed(0)
+    model = GPT(_cfg(n_layer=3))
+    idx = _ids(2, 10)
+    model.eval()
+    _, plain = model(idx, idx)
+    assert model.aux_stats == [] and float(model.loss_parts["aux"]) == 0.0
+    for i in (0, 2):  # two of three blocks swapped
+        model.blocks[i].mlp = _AuxMLP(model.blocks[i].mlp, coef=10.0 * (i + 1))
+    _, eval_loss = model(idx, idx)
+    torch.testing.assert_close(eval_loss, plain)  # eval: pure cross-entropy, comparable across models
+    model.train()  # dropout is 0: the same forward, now in training mode
+    _, train_loss = model(idx, idx)
+    assert len(model.aux_stats) == 2 and model.aux_stats[0]["note"] == "dummy"
+    aux = model.aux_stats[0]["aux_loss"] + model.aux_stats[1]["aux_loss"]
+    assert float(aux.detach()) > 1e-3
+    torch.testing.assert_close(train_loss, plain + aux)
+    torch.testing.assert_close(model.loss_parts["lm"], plain)
+    torch.testing.assert_close(model.loss_parts["aux"], aux.detach())
+    assert not model.loss_parts["lm"].requires_grad
+    train_loss.backward()  # the aux loss reaches the swapped MLPs' weights
+    assert model.blocks[0].mlp.inner.up_proj.weight.grad.abs().sum() > 0
+    model(idx)
+    assert model.loss_parts is None and len(model.aux_stats) == 2
+
+
+def test_an_mlp_returning_a_bad_tuple_is_named_in_the_error():
+    model = GPT(_cfg())
+    model.blocks[1].mlp = type("Broken", (torch.nn.Module,), {"forward": lambda self, x: (x, 3.0)})()
+    with pytest.raises(TypeError, match=r"block.mlp \(Broken\) returned a tuple.*aux_loss"):
+        model(_ids(1, 4))
+
+
+def _prefix_from_tokens(model, prefix_ids):
+    """Keys/values of real tokens, taken from a cache: past_key_values that must equal the tokens."""
+    cache = model.new_kv_cache(prefix_ids.shape[0])
+    model(prefix_ids, kv_cache=cache)
+    P = prefix_ids.shape[1]
+    return [(cache.k[i, :, :, :P], cache.v[i, :, :, :P]) for i in range(model.config.n_layer)]
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_past_key_values_of_real_tokens_equal_running_those_tokens_first(pos):
+    torch.manual_seed(0)
+    model = GPT(_cfg(pos=pos, n_kv_head=2)).eval()
+    prefix, x = _ids(2, 5, seed=1), _ids(2, 7, seed=2)
+    with torch.no_grad():
+        past = _prefix_from_tokens(model, prefix)
+        full, _ = model(torch.cat([prefix, x], 1))
+        # the prefix is "virtual": new positions start at 0 unless told otherwise
+        shifted, _ = model(x, past_key_values=past, position_ids=torch.arange(5, 12))
+        torch.testing.assert_close(shifted, full[:, 5:], atol=ATOL, rtol=0)
+        # batch dimension 1 broadcasts over the batch
+        one = [(k[:1], v[:1]) for k, v in past]
+        both, _ = model(x, past_key_values=one, position_ids=torch.arange(5, 12))
+        torch.testing.assert_close(both[0], shifted[0], atol=ATOL, rtol=0)
+        # with left padding of the new tokens, each row equals the row alone
+        mask = torch.ones(2, 7, dtype=torch.bool)
+        mask[1, :3] = False
+        padded, _ = model(x, past_key_values=past, attention_mask=mask)
+        alone, _ = model(x[1:, 3:], past_key_values=[(k[1:], v[1:]) for k, v in past])
+        torch.testing.assert_close(padded[1, 3:], alone[0], atol=ATOL, rtol=0)
+        # generation-style: prefix + cache for the new tokens, one token at a time
+        cache = model.new_kv_cache(2)
+        steps = [model(x[:, :4], past_key_values=past, kv_cache=cache)[0]]
+        for t in range(4, 7):
+            steps.append(model(x[:, t:t + 1], past_key_values=past, kv_cache=cache)[0])
+        torch.testing.assert_close(torch.cat(steps, 1), model(x, past_key_values=past)[0], atol=ATOL, rtol=0)
+
+
+def test_a_learned_prefix_trains_through_past_key_values_with_the_model_frozen():
+    torch.manual_seed(0)
+    model = GPT(_cfg(pos="rope"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cfg, P = model.config, 4
+    prefix = [(torch.zeros(1, cfg.resolved_n_kv_head, P, cfg.head_dim, requires_grad=True),
+               torch.zeros(1, cfg.resolved_n_kv_head, P, cfg.head_dim, requires_grad=True)) for _ in range(cfg.n_layer)]
+    idx, targets = _ids(3, 8, seed=1), _ids(3, 8, seed=2)
+    opt = torch.optim.Adam([t for pair in prefix for t in pair], lr=0.3)
+    losses = []
+    for _ in range(15):
+        _, loss = model(idx, targets, past_key_values=prefix)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for pair in prefix for t in pair)
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+# ---- forward numerics against a hand-written float64 reference -------------------------------------
+
+def _reference_logits(model, idx):
+    """The GPT forward written out in float64 from the state dict (learned positions, gelu/relu MLP)."""
+    cfg = model.config
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    B, T = idx.shape
+    H, hd = cfg.n_head, cfg.head_dim
+    Hkv = cfg.resolved_n_kv_head
+
+    def norm(x, prefix):
+        if cfg.norm == "rmsnorm":
+            return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * sd[prefix + ".weight"]
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mu) / torch.sqrt(var + cfg.norm_eps) * sd[prefix + ".weight"] + sd.get(prefix + ".bias", 0.0)
+
+    def linear(x, prefix):
+        return x @ sd[prefix + ".weight"].T + sd.get(prefix + ".bias", 0.0)
+
+    def attention(x, p):
+        q, k, v = linear(x, p + "attn.qkv_proj").split([H * hd, Hkv * hd, Hkv * hd], -1)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        s = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -math.inf)
+        y = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, T, H * hd)
+        return linear(y, p + "attn.out_proj")
+
+    def mlp(x, p):
+        h = linear(x, p + "mlp.up_proj")
+        if cfg.mlp == "relu":
+            h = torch.clamp(h, min=0)
+        else:  # GPT-2's tanh-approximated GELU
+            h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+        return linear(h, p + "mlp.down_proj")
+
+    x = sd["wte.weight"][idx] + sd["wpe.weight"][:T]
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        if cfg.norm_position == "post":  # norm(x + f(x)): the 2017 Transformer
+            x = norm(x + attention(x, p), p + "ln_1")
+            x = norm(x + mlp(x, p), p + "ln_2")
+        else:  # x + f(norm(x))
+            x = x + attention(norm(x, p + "ln_1"), p)
+            x = x + mlp(norm(x, p + "ln_2"), p)
+    if cfg.norm_position == "pre":
+        x = norm(x, "ln_f")
+    return x @ sd["lm_head.weight"].T
+
+
+@pytest.mark.parametrize("kw", [
+    dict(norm_position="post", mlp="relu"),
+    dict(norm_position="post", mlp="relu", norm="rmsnorm", bias=False, n_kv_head=2),
+    dict(norm_position="pre", mlp="relu", tie_weights=False),
+    dict(norm_position="pre", mlp="gelu", norm="rmsnorm"),
+])
+def test_forward_equals_a_hand_written_float64_reference(kw):
+    torch.manual_seed(0)
+    model = GPT(_cfg(n_layer=2, **kw)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # every parameter random, norms and biases included
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 1.0) + (1.0 if name.endswith("ln_1.weight") else 0.0))
+    idx = _ids(2, 9)
+    with torch.no_grad():
+        logits, _ = model(idx)
+    ref = _reference_logits(model, idx)
+    assert ref.abs().max() > 1.0  # the numbers are not all tiny
+    torch.testing.assert_close(logits.double(), ref, atol=2e-4, rtol=1e-4)
+
+
+def test_encoder_decoder_generate_stops_at_eos_and_keeps_finished_rows_at_eos():
+    torch.manual_seed(0)
+    model = EncoderDecoder(_cfg(pos="rope", tie_weights=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)  # large weights: varied greedy outputs
+    model.train()
+    src = _ids(3, 7, seed=4)
+    free = model.generate(src, 8, start_id=0)  # no eos: 8 new tokens for every row
+    assert free.shape == (3, 9) and model.training  # generate restores the mode it found
+    # eos = the token row 0 produces at step 2: row 0 must stop there, the others go on
+    eos = int(free[0, 2])
+    out = model.generate(src, 8, start_id=0, eos_id=eos)
+    for b in range(3):
+        row, ref = out[b].tolist(), free[b].tolist()
+        first = ref.index(eos, 1) if eos in ref[1:] else None
+        if first is None:
+            assert row == ref[:len(row)]
+        else:
+            assert row[:first + 1] == ref[:first + 1] and all(t == eos for t in row[first + 1:])
+    ends = [free[b].tolist().index(eos, 1) if eos in free[b].tolist()[1:] else 8 for b in range(3)]
+    assert out.shape[1] == 1 + max(ends) if max(ends) < 8 else out.shape[1] == 9
+    # every row stops at eos -> generation ends early
+    all_stop = model.generate(src[:1], 8, start_id=0, eos_id=eos)
+    assert all_stop.tolist() == [free[0, :3].tolist()]

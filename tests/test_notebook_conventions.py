@@ -67,3 +67,33 @@ def test_repository_url_lives_in_the_setup_cell_and_readme_uses_the_same():
     colab = re.findall(r"colab\.research\.google\.com/github/([^)\s]+?)/blob/", readme)
     assert colab, "README links each notebook to Colab"
     assert all(url.endswith(c) for c in colab), (url, set(colab))
+
+
+def test_sync_setup_cell_rewrites_only_the_first_code_cell(tmp_path):
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sync_setup_cell import sync
+
+    path = tmp_path / NOTEBOOKS[0].name
+    shutil.copy(NOTEBOOKS[0], path)
+    nb = _load(path)
+    code = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+    nb["cells"][code[0]]["source"] = "import utils  # an old first cell\n"
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    before = _load(path)
+    assert sync([path]) == [path]
+    after = _load(path)
+    assert _source(after["cells"][code[0]]).strip() == SETUP_CELL.strip()
+    assert after["cells"][code[0]]["outputs"] == before["cells"][code[0]]["outputs"]
+    assert [c for i, c in enumerate(after["cells"]) if i != code[0]] == \
+        [c for i, c in enumerate(before["cells"]) if i != code[0]]
+    assert sync([path]) == []  # already in sync: the file is not rewritten
+
+
+def test_setup_cell_pins_a_ref_and_imports_the_runtime_before_torch():
+    assert re.search(r'^COURSE_REF = "[^"]+"', SETUP_CELL, re.M)
+    assert "import torch" not in SETUP_CELL  # utils.runtime must load first (OpenMP settings)
+    assert "import utils.runtime" in SETUP_CELL
+    assert "enable_custom_widget_manager()" in SETUP_CELL

@@ -43,10 +43,32 @@ def test_set_seed_makes_python_numpy_and_torch_repeatable():
     assert draw() != first
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "7", True])
-def test_set_seed_rejects_non_integer_or_negative_seeds(bad):
-    with pytest.raises(ValueError, match="seed"):
+@pytest.mark.parametrize("bad, error, message", [
+    (-1, ValueError, "0 <= seed < 2\\*\\*64.*got -1"),
+    (2**64, ValueError, "got 18446744073709551616"),
+    (2**70, ValueError, "got 1180591620717411303424"),
+    (1.5, TypeError, "got 1.5 of type float"),
+    ("7", TypeError, "got '7' of type str"),
+    (True, TypeError, "got True of type bool"),
+    (None, TypeError, "got None of type NoneType"),
+    (np.float64(3.0), TypeError, "of type float64"),
+], ids=["negative", "2**64", "2**70", "float", "str", "bool", "None", "numpy-float"])
+def test_set_seed_rejects_bad_seeds_before_seeding_anything(bad, error, message):
+    torch.manual_seed(99)
+    expected = torch.rand(1)
+    torch.manual_seed(99)
+    with pytest.raises(error, match=message):
         set_seed(bad)
+    assert torch.equal(torch.rand(1), expected), "a rejected seed must leave the generators untouched"
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1, np.int64(7), np.uint64(2**63)], ids=["0", "2**64-1", "np.int64",
+                                                                                    "np.uint64"])
+def test_set_seed_accepts_every_seed_torch_accepts(seed):
+    set_seed(seed)
+    a = torch.rand(2)
+    set_seed(int(seed))
+    assert torch.equal(torch.rand(2), a)
 
 
 def test_get_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -132,10 +154,63 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap_without_page_faults
     assert tuned_faults < 100
 
 
-def test_keep_freed_memory_is_idempotent():
+class _FakeLibc:
+    """Stands in for glibc: records every mallopt(param, value) call; returns ``result``."""
+
+    def __init__(self, result=1):
+        self.calls, self.result = [], result
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.result
+
+
+@pytest.fixture
+def fresh_allocator_state(monkeypatch):
+    """keep_freed_memory as in a new process on glibc Linux, with a fake libc that records calls."""
+    import ctypes
+
+    import utils.runtime as runtime
+
+    def install(result=1):
+        libc = _FakeLibc(result)
+        monkeypatch.setattr(runtime, "_allocator_tuned", None)
+        monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+        monkeypatch.setattr(platform, "system", lambda: "Linux")
+        monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
+        return libc
+
+    return install
+
+
+def test_keep_freed_memory_applies_the_settings_once_and_later_calls_change_nothing(fresh_allocator_state):
     from utils.runtime import keep_freed_memory
 
-    assert keep_freed_memory() == keep_freed_memory()
+    libc = fresh_allocator_state()
+    assert keep_freed_memory() is True
+    first = list(libc.calls)
+    assert first == [(-3, 32 * 1024 * 1024), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
+    assert keep_freed_memory() is True
+    assert keep_freed_memory(trim_threshold=5) is True
+    assert libc.calls == first, "a second call must not touch the allocator again"
+
+
+def test_keep_freed_memory_reports_false_where_glibc_refuses(fresh_allocator_state):
+    from utils.runtime import keep_freed_memory
+
+    libc = fresh_allocator_state(result=0)
+    assert keep_freed_memory() is False
+    assert keep_freed_memory() is False
+    assert len(libc.calls) == 1  # stops at the first refusal, and does not retry
+
+
+def test_keep_freed_memory_does_nothing_off_glibc(fresh_allocator_state, monkeypatch):
+    from utils.runtime import keep_freed_memory
+
+    libc = fresh_allocator_state()
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert keep_freed_memory() is False
+    assert libc.calls == []
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, "1G", True])
@@ -144,3 +219,32 @@ def test_keep_freed_memory_rejects_a_bad_trim_threshold(bad):
 
     with pytest.raises(ValueError, match="trim_threshold"):
         keep_freed_memory(bad)
+
+
+_POLICY_SCRIPT = """
+import os, sys
+if sys.argv[1] == "torch-first":
+    import torch
+import utils.runtime as r
+print(os.environ.get("OMP_WAIT_POLICY"), "|", r.openmp_wait_policy(), "|", os.environ.get("KINETO_LOG_LEVEL"))
+"""
+
+
+@pytest.mark.parametrize("order, user_value, expected", [
+    ("runtime-first", None, "PASSIVE | PASSIVE | 6"),
+    ("runtime-first", "ACTIVE", "ACTIVE | ACTIVE | 6"),  # a value the user set is kept
+    ("torch-first", None, "PASSIVE | OpenMP default (torch was imported before utils.runtime) | 6"),
+])
+def test_importing_runtime_makes_openmp_threads_sleep_unless_the_user_chose(order, user_value, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KINETO_LOG_LEVEL")}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    out = subprocess.run([sys.executable, "-c", _POLICY_SCRIPT, order], capture_output=True, text=True, check=True,
+                         cwd=REPO_ROOT, env=env).stdout.strip()
+    assert out == expected
+
+
+def test_environment_report_says_how_openmp_threads_wait():
+    assert "OpenMP wait policy" in environment_report()

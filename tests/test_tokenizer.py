@@ -1,4 +1,4 @@
-"""utils/tokenizer.py: training, tiktoken equality (cl100k, offline), special tokens, save/load."""
+"""utils/tokenizer.py (+ bpe_train, bpe_encode, pretokenize, tiktoken_ranks): training, tiktoken equality (cl100k, offline), special tokens, save/load."""
 
 import json
 
@@ -9,16 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from utils.data import load_corpus
-from utils.tokenizer import (
-    GPT2_SPLIT_PATTERN,
-    GPT4_SPLIT_PATTERN,
-    BPETokenizer,
-    get_stats,
-    TIKTOKEN_UNICODE_VERSION,
-    merge,
-    split_text,
-    train_naive,
-)
+from utils.bpe_encode import LONG_CHUNK, encode_chunk, encode_chunk_heap, encode_chunk_rescan
+from utils.bpe_train import get_stats, merge, train_naive
+from utils.pretokenize import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, split_text
+from utils.tokenizer import BPETokenizer
+from utils.unicode_tables import TIKTOKEN_UNICODE_VERSION
 
 PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -229,7 +224,7 @@ def test_tiktoken_still_uses_the_unicode_version_we_pin(enc):
     assert TIKTOKEN_UNICODE_VERSION == "16.0"
     assert is_word("\U00010D50"), "tiktoken no longer knows Unicode 16.0 letters: update TIKTOKEN_UNICODE_VERSION"
     assert not is_word("\U000323B0"), ("tiktoken now knows Unicode 17.0 letters: regenerate the tables "
-                                        "_UNICODE16_L/_UNICODE16_N for its version and bump TIKTOKEN_UNICODE_VERSION")
+                                        "UNICODE16_LETTERS/UNICODE16_NUMBERS (utils/unicode_tables.py) for its version and bump TIKTOKEN_UNICODE_VERSION")
 
 
 @pytest.mark.parametrize("char", UNICODE_PROBES, ids=lambda c: f"U+{ord(c):04X}")
@@ -375,3 +370,162 @@ def test_load_rejects_corrupt_files_with_a_clear_error(trained, tmp_path, corrup
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match="is not a valid tokenizer file"):
         BPETokenizer.load(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long chunks: the heap path gives the rescan's ids in near-linear time
+# ---------------------------------------------------------------------------------------------
+
+LONG = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_LONG_ALPHABETS = st.sampled_from(["abcdefghijklmnopqrstuvwxyz", "ab", "a ", "aab e", "0123456789",
+                                   "日本語中文字漢", "👍🏽é\u0301", "ab日 \n1"])
+
+
+@st.composite
+def long_strings(draw):
+    alphabet = draw(_LONG_ALPHABETS)
+    return draw(st.text(alphabet=alphabet, min_size=LONG_CHUNK, max_size=400))
+
+
+@pytest.fixture(scope="module")
+def overlap_tok():
+    # merges such as (a, a) and (aa, a): overlapping occurrences must be taken from the left
+    return BPETokenizer.train("aaaaaaa aaab abab aabb bbbb " * 20 + "aaaa aa a", 280, pattern=None)
+
+
+@pytest.mark.parametrize("which", ["cl100k", "trained", "overlap"])
+@LONG
+@given(text=long_strings())
+def test_heap_and_rescan_paths_give_the_same_ids_on_long_chunks(cl100k, trained, overlap_tok, which, text):
+    tok = {"cl100k": cl100k, "trained": trained, "overlap": overlap_tok}[which]
+    ids = [tok.byte_to_id[b] for b in text.encode("utf-8")]
+    slow = encode_chunk_rescan(ids, tok.merges)
+    assert encode_chunk_heap(ids, tok.merges) == slow
+    assert encode_chunk(ids, tok.merges) == slow
+
+
+def test_the_heap_takes_overlapping_pairs_from_the_left(overlap_tok):
+    aa = overlap_tok.merges[(97, 97)]
+    ids = [97] * (LONG_CHUNK + 1)  # odd: one 'a' must be left over at the end, as merge() does
+    assert encode_chunk_heap(ids, {(97, 97): 256}) == [256] * (LONG_CHUNK // 2) + [97]
+    assert encode_chunk_heap(ids, overlap_tok.merges) == encode_chunk_rescan(ids, overlap_tok.merges)
+    assert aa == 256
+
+
+class _CountingMerges(dict):
+    """A merges dict that counts lookups (the encoder's unit of work)."""
+    lookups = 0
+
+    def get(self, key, default=None):
+        self.lookups += 1
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("kind", ["letters", "cjk"])
+def test_long_chunk_encoding_work_grows_linearly_not_quadratically(cl100k, kind):
+    import random
+    rng = random.Random(0)
+    work = {}
+    for n in (2_000, 8_000):
+        text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") if kind == "letters"
+                       else chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(n))
+        ids = [cl100k.byte_to_id[b] for b in text.encode("utf-8")]
+        merges = _CountingMerges(cl100k.merges)
+        encode_chunk(ids, merges)
+        work[n] = merges.lookups
+    # linear: 4x the text, ~4x the lookups (the rescan, O(n²), needs 6-8x here and fails this test)
+    assert work[8_000] / work[2_000] < 4.5
+
+
+@pytest.mark.parametrize("kind", ["letters", "cjk", "digits_and_letters"])
+def test_a_long_single_chunk_encodes_like_tiktoken(cl100k, enc, kind):
+    import random
+    rng = random.Random(1)
+    pick = {"letters": lambda: rng.choice("abcdefghijklmnopqrstuvwxyzABC"),
+            "cjk": lambda: chr(rng.randint(0x4E00, 0x9FFF)),
+            "digits_and_letters": lambda: rng.choice("abcdef0123456789")}[kind]
+    text = "".join(pick() for _ in range(20_000))
+    if kind != "digits_and_letters":
+        assert len(split_text(text, cl100k.pattern)) == 1  # one chunk of 20k characters
+    assert cl100k.encode(text) == enc.encode(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode accepts iterators, generators, tensors and arrays; special-token ids are checked
+# ---------------------------------------------------------------------------------------------
+
+def test_decode_reads_an_iterator_or_generator_once(trained):
+    eot = trained.special_tokens["<|endoftext|>"]
+    ids = [72, 105, eot]
+    assert trained.decode(iter(ids)) == "Hi<|endoftext|>"
+    assert trained.decode(i for i in ids) == "Hi<|endoftext|>"
+    assert trained.decode(tuple(ids)) == trained.decode(ids) == "Hi<|endoftext|>"
+    assert trained.decode(range(72, 74)) == "HI"
+    assert trained.decode(iter([])) == ""
+
+
+def test_decode_of_a_generator_with_an_unknown_id_raises(trained):
+    with pytest.raises(ValueError, match=r"ids\[2\] = 99999 is not in this tokenizer's vocabulary"):
+        trained.decode(i for i in [72, 105, 99_999])
+
+
+def test_decode_accepts_1d_tensors_and_numpy_arrays(trained, cl100k):
+    import numpy as np
+    import torch
+    ids = cl100k.encode("tensors decode too")
+    for arr in (torch.tensor(ids), torch.tensor(ids, dtype=torch.int32), np.array(ids), np.array(ids, dtype=np.uint32),
+                [np.int64(i) for i in ids]):
+        assert cl100k.decode(arr) == "tensors decode too"
+    assert "".join(cl100k.tokens(torch.tensor(ids))) == "tensors decode too"
+    assert trained.token_str(torch.tensor(72)) == "H" and trained.token_str(np.int64(72)) == "H"
+
+
+def test_decode_refuses_a_batch_and_float_or_bool_ids_with_a_hint(cl100k):
+    import numpy as np
+    import torch
+    with pytest.raises(ValueError, match=r"must be 1-D .*shape \(1, 3\).*decode each row"):
+        cl100k.decode(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(TypeError, match=r"ids\[0\] must be an int token id, got float"):
+        cl100k.decode(torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"ids\[0\] must be an int token id, got bool"):
+        cl100k.decode(np.array([True, False]))
+    with pytest.raises(TypeError, match="decode each row"):
+        cl100k.decode([[1, 2], [3, 4]])
+
+
+def test_generate_output_decodes_directly(trained):
+    import torch
+    from utils.generation import generate
+    from utils.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=trained.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    prompt = trained.encode("To be")
+    as_list = generate(model, prompt, 5, temperature=0)
+    as_tensor = generate(model, torch.tensor(prompt), 5, temperature=0)  # (T,) -> (T + 5,)
+    assert trained.decode(as_tensor) == trained.decode(as_list)
+    assert trained.decode(as_tensor).startswith("To be")
+    batch = generate(model, torch.tensor([prompt]), 5, temperature=0)  # (1, T) -> (1, T + 5): decode a row
+    assert trained.decode(batch[0]) == trained.decode(as_list)
+
+
+@pytest.mark.parametrize("specials, error, phrase", [
+    ({"<s>": -5}, ValueError, "non-negative"),
+    ({"<s>": 97}, ValueError, "already used by an ordinary token"),
+    ({"<s>": 300, "</s>": 300}, ValueError, "have the same id 300"),
+    ({"<s>": True}, TypeError, "must be an int"),
+    ({"<s>": 300.0}, TypeError, "must be an int"),
+    ({"<s>": "300"}, TypeError, "must be an int"),
+    ({"": 300}, TypeError, "non-empty str"),
+    (["<s>"], TypeError, "must be a dict"),
+])
+def test_special_token_ids_are_validated(specials, error, phrase):
+    with pytest.raises(error, match=phrase):
+        BPETokenizer({(97, 98): 256}, special_tokens=specials)
+
+
+def test_valid_special_tokens_may_leave_gaps_and_set_vocab_size():
+    tok = BPETokenizer({(97, 98): 256}, special_tokens={"<s>": 257, "<pad>": 300})
+    assert tok.vocab_size == 301 and tok.encode("<pad>ab", allowed_special="all") == [300, 256]
+    assert tok.decode([257, 256]) == "<s>ab"
+    with pytest.raises(ValueError, match="not in this tokenizer's vocabulary"):
+        tok.decode([299])  # a gap between special ids is not a token

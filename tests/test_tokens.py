@@ -54,7 +54,7 @@ def test_truncate_removes_tokens_from_the_named_side():
 def test_truncate_rejects_bad_arguments():
     with pytest.raises(ValueError, match="side must be"):
         truncate([1, 2, 3], 2, side="top")
-    with pytest.raises(ValueError, match="max_tokens must be >= 0"):
+    with pytest.raises(ValueError, match="max_tokens must be an int >= 0, got -1"):
         truncate([1, 2, 3], -1)
 
 
@@ -79,7 +79,7 @@ def test_sliding_windows_overlap_by_window_minus_stride_and_cover_everything():
 def test_sliding_windows_refuse_a_stride_that_would_skip_tokens():
     with pytest.raises(ValueError, match="skip tokens"):
         sliding_windows(list(range(10)), window=4, stride=5)
-    with pytest.raises(ValueError, match="stride must be >= 1"):
+    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
         sliding_windows(list(range(10)), window=4, stride=0)
 
 
@@ -118,7 +118,7 @@ def test_chunk_text_overlap_repeats_the_end_of_the_previous_chunk(tokenizer, pla
 def test_chunk_text_rejects_bad_budgets(enc):
     with pytest.raises(ValueError, match="overlap=10 must be smaller than max_tokens=10"):
         chunk_text("some text", enc, max_tokens=10, overlap=10)
-    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+    with pytest.raises(ValueError, match="max_tokens must be an int >= 1, got 0"):
         chunk_text("some text", enc, max_tokens=0)
     assert chunk_text("", enc, max_tokens=10) == []
 
@@ -128,3 +128,23 @@ def test_api_cost_scales_with_tokens():
     assert api_cost(0, 10.0) == 0.0
     with pytest.raises(ValueError):
         api_cost(10, -1.0)
+
+
+def test_id_helpers_take_tensors_and_arrays_and_return_new_lists():
+    import numpy as np
+    import torch
+    ids = list(range(10))
+    assert truncate(torch.tensor(ids), 4, side="left") == [6, 7, 8, 9]
+    assert truncate(np.array(ids), 3) == [0, 1, 2]
+    assert sliding_windows(torch.tensor(ids), window=4, stride=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert sliding_windows(iter(ids), window=20, stride=5) == [ids]  # an iterator is read once
+    kept = truncate(ids, 20)
+    kept.append(99)
+    assert ids == list(range(10))  # the result is a new list, never the caller's
+
+
+def test_truncate_refuses_text_and_points_to_truncate_text():
+    with pytest.raises(TypeError, match=r"truncate_text\(text, tokenizer, max_tokens\)"):
+        truncate("abc", 2)
+    with pytest.raises(TypeError, match="tokenizer.encode"):
+        sliding_windows("abcdef", window=2, stride=1)

@@ -1,7 +1,6 @@
-"""The training loop, the schedule, bits per character, and checkpoints (utils/training.py)."""
+"""The training loop, the schedule, parameter groups, precision (utils/training.py, utils/precision.py)."""
 
 import math
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -10,9 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.metrics import bits_per_character, sum_token_nll
-from utils.training import (CheckpointError, TrainConfig, enable_gradient_checkpointing,
-                            load_checkpoint, lr_schedule, read_checkpoint, save_checkpoint,
-                            train, weights_sha256)
+from utils.training import TrainConfig, enable_gradient_checkpointing, lr_schedule, train
 
 
 @pytest.fixture(autouse=True)
@@ -24,32 +21,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@dataclass
-class TinyConfig:
-    vocab_size: int = 16
-    block_size: int = 8
-    n_embd: int = 16
-
-
-class TinyLM(nn.Module):
-    """A stand-in language model (embedding -> MLP -> logits), enough to exercise the loop."""
-
-    config_class = TinyConfig
-
-    def __init__(self, config: TinyConfig):
-        super().__init__()
-        self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU())])
-        self.head = nn.Linear(config.n_embd, config.vocab_size)
-
-    def forward(self, idx, targets=None):
-        h = self.emb(idx)
-        for block in self.blocks:
-            h = h + block(h)
-        logits = self.head(h)
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
+from tiny_models import TinyConfig, TinyLM  # noqa: E402
 
 
 def _corpus(n=2000):
@@ -112,11 +84,28 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert lrs[110] == pytest.approx(1e-4) and lrs[129] == pytest.approx(1e-4)
 
 
-def test_the_loop_applies_the_schedule_it_reports():
+def _record_optimizer_lrs(monkeypatch):
+    """Every optimizer step's actual ``param_groups[i]["lr"]`` (what AdamW multiplies the update by)."""
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append([group["lr"] for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen
+
+
+def test_the_optimizer_uses_the_scheduled_learning_rate_at_every_step(monkeypatch):
+    seen = _record_optimizer_lrs(monkeypatch)
     model = TinyLM(TinyConfig())
-    result = train(model, _corpus(), None, _quiet(max_steps=20, warmup_steps=5, lr=1e-2, min_lr=1e-3))
-    expected = [lr_schedule(s - 1, lr=1e-2, min_lr=1e-3, warmup_steps=5, total_steps=20) for s, _ in result.lrs]
-    assert [lr for _, lr in result.lrs] == pytest.approx(expected)
+    result = train(model, _corpus(), None, _quiet(max_steps=20, warmup_steps=5, lr=1e-2, min_lr=1e-3, log_interval=7))
+    expected = [lr_schedule(s, lr=1e-2, min_lr=1e-3, warmup_steps=5, total_steps=20) for s in range(20)]
+    assert len(seen) == 20
+    for step, group_lrs in enumerate(seen):
+        assert group_lrs == pytest.approx([expected[step]] * len(group_lrs)), step
+    assert [lr for _, lr in result.lrs] == pytest.approx([expected[s - 1] for s, _ in result.lrs])  # and it logs them
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -170,7 +159,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_gradient_checkpointing_lowers_peak_memory():
-    from utils.attention import peak_tensor_memory
+    from utils.measure import peak_tensor_memory
 
     torch.manual_seed(0)
     model = TinyLM(TinyConfig(n_embd=64))
@@ -207,14 +196,12 @@ def test_bad_training_settings_raise_clear_errors():
         TrainConfig(lr=1e-3, min_lr=1e-2)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="int8")
-    with pytest.raises(ValueError, match="fp16"):
-        train(TinyLM(TinyConfig()), _corpus(), None, _quiet(max_steps=1, precision="fp16"), device="cpu")
     with pytest.raises(ValueError, match="train_data"):
         train(TinyLM(TinyConfig()), None, None, _quiet(max_steps=1))
 
 
 def test_auto_precision_is_bf16_exactly_where_the_hardware_makes_it_fast(monkeypatch):
-    from utils import training
+    from utils import precision as training
 
     assert training.resolve_precision("cpu", "fp32") == "fp32"
     monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
@@ -226,7 +213,7 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_makes_it_fast(monkeyp
 @pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True),
                                                         (False, False, False)])
 def test_cpu_has_fast_bf16_reports_the_amx_and_avx512_bf16_probes(monkeypatch, amx, avx512_bf16, expected):
-    from utils import training
+    from utils import precision as training
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
@@ -234,7 +221,7 @@ def test_cpu_has_fast_bf16_reports_the_amx_and_avx512_bf16_probes(monkeypatch, a
 
 
 def test_cpu_has_fast_bf16_is_false_on_a_torch_without_the_probes(monkeypatch):
-    from utils import training
+    from utils import precision as training
 
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
@@ -261,148 +248,222 @@ def test_bf16_autocast_training_step_stays_close_to_fp32():
     assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------------------------- parameter groups
 
 
-def _trained_tiny():
-    torch.manual_seed(1)
+def test_param_groups_scale_the_scheduled_lr_per_group_and_set_their_own_weight_decay(monkeypatch):
+    seen_lrs = _record_optimizer_lrs(monkeypatch)
+    torch.manual_seed(0)
     model = TinyLM(TinyConfig())
-    train(model, _corpus(), None, _quiet(max_steps=5))
-    return model
+    head = [model.head.weight, model.head.bias]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    groups = [{"params": rest, "weight_decay": 0.5}, {"params": head, "weight_decay": 0.0, "lr_scale": 0.25}]
+    captured = {}
+    original_init = torch.optim.AdamW.__init__
+
+    def spy_init(self, params, *args, **kwargs):
+        original_init(self, params, *args, **kwargs)
+        captured["groups"] = [(len(g["params"]), g["weight_decay"], g["lr_scale"]) for g in self.param_groups]
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy_init)
+    train(model, _corpus(), None, _quiet(max_steps=6, warmup_steps=2, lr=1e-2, min_lr=1e-3), param_groups=groups)
+    assert captured["groups"] == [(len(rest), 0.5, 1.0), (2, 0.0, 0.25)]
+    expected = [lr_schedule(s, lr=1e-2, min_lr=1e-3, warmup_steps=2, total_steps=6) for s in range(6)]
+    assert [lrs for lrs in seen_lrs] == [pytest.approx([e, 0.25 * e]) for e in expected]
 
 
-def test_checkpoint_round_trips_bit_exactly(tmp_path):
-    model = _trained_tiny()
-    path = tmp_path / "ckpt.pt"
-    digest = save_checkpoint(path, model, tokenizer="merges...", metadata={"steps": 5, "val_loss": 1.25})
-    loaded = load_checkpoint(path, model_cls=TinyLM)
-    for (name, a), b in zip(model.state_dict().items(), loaded.model.state_dict().values()):
-        assert a.dtype == b.dtype and torch.equal(a, b), name
-    assert loaded.config == model.config and loaded.weights_sha256 == digest == weights_sha256(model.state_dict())
-    assert loaded.metadata == {"steps": 5, "val_loss": 1.25} and loaded.tokenizer_text == "merges..."
-    assert not loaded.model.training
-    fresh = TinyLM(TinyConfig())  # loading into an existing model of the same config also works
-    load_checkpoint(path, fresh)
-    assert torch.equal(fresh.head.weight, model.head.weight)
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary files left behind
+def test_param_groups_may_be_a_function_of_the_model_and_lr_scale_zero_freezes_a_group():
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    before = model.head.weight.detach().clone()
+
+    def groups(m):
+        head = list(m.head.parameters())
+        return [{"params": [p for p in m.parameters() if all(p is not q for q in head)]},
+                {"params": head, "lr_scale": 0.0}]
+
+    train(model, _corpus(), None, _quiet(max_steps=3, lr=1e-2, weight_decay=0.0), param_groups=groups)
+    assert torch.equal(model.head.weight, before)
+    assert not torch.equal(model.emb.weight, TinyLM(TinyConfig()).emb.weight)
 
 
-def test_bf16_checkpoint_halves_the_weights_and_loads_back_as_fp32(tmp_path):
-    model = _trained_tiny()
-    save_checkpoint(tmp_path / "a.pt", model)
-    save_checkpoint(tmp_path / "b.pt", model, dtype=torch.bfloat16)
-    raw = read_checkpoint(tmp_path / "b.pt")
-    assert raw["weights_dtype"] == "bfloat16"
-    loaded = load_checkpoint(tmp_path / "b.pt", model_cls=TinyLM)
-    assert loaded.model.head.weight.dtype == torch.float32
-    assert torch.equal(loaded.model.head.weight, model.head.weight.to(torch.bfloat16).float())
+def test_only_parameters_that_require_grad_are_optimised(monkeypatch):
+    optimised = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        optimised.append({id(p) for g in self.param_groups for p in g["params"]})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    model.emb.weight.requires_grad_(False)  # a frozen base, as with LoRA
+    frozen = model.emb.weight.detach().clone()
+    train(model, _corpus(), None, _quiet(max_steps=3, lr=1e-2, weight_decay=1.0))  # decay would move it too
+    assert torch.equal(model.emb.weight, frozen)
+    assert id(model.emb.weight) not in optimised[0] and id(model.head.weight) in optimised[0]
 
 
-def test_truncated_checkpoint_raises_a_clear_error(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, _trained_tiny())
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated"):
-        load_checkpoint(path, model_cls=TinyLM)
+@pytest.mark.parametrize("groups, error, phrase", [
+    (lambda m: [{"params": [m.head.weight]}], ValueError, "in no group"),
+    (lambda m: [{"params": list(m.parameters())}, {"params": [m.head.bias]}], ValueError, "one group"),
+    (lambda m: [{"params": list(m.parameters()), "lr": 1e-3}], ValueError, "lr_scale"),
+    (lambda m: [{"params": list(m.parameters()), "lr_scale": -1}], ValueError, "lr_scale"),
+    (lambda m: [{"params": list(m.parameters()), "weight_decay": float("nan")}], ValueError, "weight_decay"),
+    (lambda m: [{"params": list(TinyLM(TinyConfig()).parameters())}], ValueError, "not in this model"),
+    (lambda m: [], TypeError, "non-empty list"),
+    (lambda m: [list(m.parameters())], TypeError, "'params' entry"),
+])
+def test_bad_param_groups_are_refused_before_anything_changes(groups, error, phrase):
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=phrase):
+        train(model, _corpus(), None, _quiet(max_steps=2), param_groups=groups)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_tampered_weights_are_detected_by_the_sha256(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, _trained_tiny())
-    payload = torch.load(path, weights_only=True)
-    payload["state_dict"]["head.bias"][0] += 1e-3  # change one weight, keep the recorded hash
-    torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(path, model_cls=TinyLM)
+# --------------------------------------------------------------------------------------------- auxiliary losses
 
 
-def test_flipped_bytes_inside_the_weights_are_detected(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    model = _trained_tiny()
-    save_checkpoint(path, model)
-    data = bytearray(path.read_bytes())
-    needle = model.emb.weight.detach().numpy().tobytes()[:16]
-    at = bytes(data).find(needle)
-    assert at > 0
-    data[at:at + 4] = bytes(b ^ 0xFF for b in data[at:at + 4])
-    path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError):
-        load_checkpoint(path, model_cls=TinyLM)
+class AuxLM(TinyLM):
+    """Sets ``loss_parts`` like a GPT with a Mixture-of-Experts MLP: the loss is lm + aux.
+
+    Here aux = 0.001 * (mean input token id), so the logged value is known from the batches alone."""
+
+    def forward(self, idx, targets=None):
+        logits, lm = super().forward(idx, targets)
+        if targets is None:
+            return logits, None
+        aux = 0.001 * idx.float().mean() + 0 * self.head.bias.sum()
+        self.loss_parts = {"lm": lm.detach(), "aux": aux.detach()}
+        return logits, lm + aux
 
 
-def test_a_checkpoint_for_another_config_raises_a_clear_error(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, _trained_tiny())
-    other = TinyLM(TinyConfig(n_embd=32))
-    with pytest.raises(CheckpointError, match="n_embd: checkpoint=16 vs model=32"):
-        load_checkpoint(path, other)
+def test_auxiliary_losses_are_logged_beside_the_training_loss():
+    torch.manual_seed(0)
+    calls = {"n": 0}
+
+    def batches(split):  # micro-batches alternate between all-1 and all-3 inputs: aux 0.001 and 0.003
+        calls["n"] += 1
+        token = 1 if calls["n"] % 2 else 3
+        return torch.full((2, 8), token), torch.full((2, 8), token)
+
+    result = train(AuxLM(TinyConfig()), config=_quiet(max_steps=6, log_interval=2, grad_accum_steps=2,
+                                                      eval_iters=1), get_batch=batches)
+    assert [s for s, _ in result.aux_losses] == [s for s, _ in result.train_losses] == [1, 2, 4, 6]
+    assert [aux for _, aux in result.aux_losses] == pytest.approx([0.002] * 4)  # mean of the step's micro-batches
+    assert all(loss > aux for (_, loss), (_, aux) in zip(result.train_losses, result.aux_losses))
+    assert train(TinyLM(TinyConfig()), _corpus(), None, _quiet(max_steps=2)).aux_losses == []
 
 
-def test_not_a_checkpoint_and_missing_files(tmp_path):
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not an LLM Internals checkpoint"):
-        load_checkpoint(tmp_path / "other.pt", model_cls=TinyLM)
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt", model_cls=TinyLM)
+# --------------------------------------------------------------------------------------------- non-finite losses
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
-    model = _trained_tiny()
-    save_checkpoint(path, model, metadata={"version": 1})
-    before = path.read_bytes()
-
-    def broken_save(obj, f, *a, **k):
-        f.write(b"half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model, metadata={"version": 2})
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
-    assert load_checkpoint(path, model_cls=TinyLM).metadata == {"version": 1}
+def test_a_huge_learning_rate_stops_training_with_an_error_naming_the_step_and_the_cause():
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match=r"the training loss became nan at step [2-9] .*learning rate too high.*lr=1e\+06"):
+        train(TinyLM(TinyConfig()), _corpus(), None, _quiet(max_steps=50, lr=1e6, min_lr=0.0, log_interval=10))
 
 
-def test_saving_a_model_without_a_config_is_refused(tmp_path):
-    with pytest.raises(TypeError, match="config"):
-        save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2))
-    assert not os.listdir(tmp_path)
+class NaNAfter(TinyLM):
+    """Returns a NaN loss from its ``n``-th forward on: a fault at a step that is not a log step."""
+
+    def __init__(self, config, n):
+        super().__init__(config)
+        self.calls, self.n = 0, n
+
+    def forward(self, idx, targets=None):
+        logits, loss = super().forward(idx, targets)
+        self.calls += 1
+        return logits, (loss * float("nan") if self.calls >= self.n and loss is not None else loss)
 
 
-# --------------------------------------------------------------------------------------------- the course model
+def test_a_nan_between_log_steps_is_reported_with_its_own_step():
+    with pytest.raises(FloatingPointError, match="became nan at step 3 ") as info:
+        train(NaNAfter(TinyConfig(), n=3), _corpus(), None, _quiet(max_steps=30, log_interval=10))
+    assert "precision fp32" in str(info.value)
+    with pytest.raises(FloatingPointError, match="at step 1, before any update"):
+        train(NaNAfter(TinyConfig(), n=1), _corpus(), None, _quiet(max_steps=30, log_interval=10))
+    with pytest.raises(FloatingPointError, match="step 7 .*fp16 precision: float16 holds at most 65504"):
+        train(NaNAfter(TinyConfig(), n=7), _corpus(), None, _quiet(max_steps=8, log_interval=100, precision="fp16"))
 
 
-def test_the_committed_course_model_loads_with_its_tokenizer():
-    from utils.pretrain import CHECKPOINT_PATH, course_model_info, load_course_model
-
-    assert CHECKPOINT_PATH.stat().st_size <= 20 * 10**6
-    model, tok = load_course_model()
-    info = course_model_info()
-    assert model.config.vocab_size == tok.vocab_size == info["tokenizer_vocab_size"]
-    assert not model.training and info["val_bpc"] > 0 and info["steps"] > 0
-    ids = tok.encode("ROMEO:\n")
-    with torch.no_grad():
-        logits, _ = model(torch.tensor([ids]))
-    assert logits.shape == (1, len(ids), tok.vocab_size) and torch.isfinite(logits).all()
+# --------------------------------------------------------------------------------------------- precision and compile
 
 
-def test_a_missing_course_model_says_how_to_rebuild_it(tmp_path):
-    from utils.pretrain import load_course_model
+def test_fp16_on_cpu_trains_with_a_gradient_scaler(monkeypatch):
+    scales, dtypes = [], []
+    original = torch.amp.GradScaler.update
 
-    with pytest.raises(FileNotFoundError, match="make pretrain"):
-        load_course_model(tmp_path / "course-gpt.pt")
+    def update(self, *args, **kwargs):
+        scales.append(self.get_scale())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", update)
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    model.head.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    result = train(model, _corpus(), None, _quiet(max_steps=40, batch_size=8, lr=3e-2, min_lr=3e-3,
+                                                  precision="fp16"))
+    assert len(scales) == 40 and scales[0] == 65536.0  # the scaler ran every step, from its initial scale
+    assert set(dtypes) == {torch.float16}  # the forward really computed in float16
+    assert result.train_losses[-1][1] < 0.5 * result.train_losses[0][1]
 
 
-def test_a_tokenizer_that_does_not_belong_to_the_checkpoint_is_refused(tmp_path):
-    import shutil
+def test_compiled_training_learns_the_tiny_corpus(monkeypatch):
+    # torch.compile's TorchDynamo graph capture and AOTAutograd (forward + backward graphs) run for real;
+    # only Inductor's C++ code generation is swapped for eager kernels ("aot_eager"): it took ~100 s here.
+    compiled, real_compile = [], torch.compile
 
-    from utils.pretrain import CHECKPOINT_PATH, TOKENIZER_PATH, load_course_model
+    def compile_fast(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager")
 
-    shutil.copy(CHECKPOINT_PATH, tmp_path / "course-gpt.pt")
-    text = TOKENIZER_PATH.read_text(encoding="utf-8")
-    (tmp_path / "course-tokenizer.json").write_text(text.replace('"merges"', '"merges" ', 1), encoding="utf-8")
-    with pytest.raises(CheckpointError, match="tokenizer"):
-        load_course_model(tmp_path / "course-gpt.pt")
+    monkeypatch.setattr(torch, "compile", compile_fast)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    result = train(model, _corpus(), None, _quiet(max_steps=30, batch_size=8, lr=3e-2, min_lr=3e-3, compile=True))
+    assert compiled == [model]
+    assert result.train_losses[-1][1] < 0.5 * result.train_losses[0][1]
+    assert not hasattr(model, "_orig_mod")  # trained in place: the caller's module holds the weights
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] >= 1  # the forward really went through a captured graph
+
+
+class _AuxMLP(nn.Module):
+    """An MLP that also returns an auxiliary loss (as a Mixture-of-Experts router does)."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y, {"aux_loss": 0.01 * y.pow(2).mean()}
+
+
+def test_a_gpt_with_an_auxiliary_loss_mlp_logs_the_aux_part_beside_the_total():
+    from utils.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    for block in model.blocks:
+        block.mlp = _AuxMLP(16)
+    result = train(model, _corpus(), None, _quiet(max_steps=30, batch_size=8, lr=1e-2, min_lr=1e-3, log_interval=5))
+    assert [s for s, _ in result.aux_losses] == [s for s, _ in result.train_losses] == [1, 5, 10, 15, 20, 25, 30]
+    aux = [a for _, a in result.aux_losses]
+    assert all(a > 0 for a in aux) and all(a < total for a, (_, total) in zip(aux, result.train_losses))
+    assert result.final_val_loss < result.train_losses[0][1]  # the validation loss is pure cross-entropy
+
+
+def test_a_loss_of_shape_one_is_logged_like_a_scalar():
+    def loss_of_shape_one(model, batch):
+        x, y = batch
+        return model(x, y)[1].reshape(1)
+
+    torch.manual_seed(0)
+    result = train(TinyLM(TinyConfig()), _corpus(), None, _quiet(max_steps=3), compute_loss=loss_of_shape_one)
+    assert all(isinstance(v, float) and v > 0 for _, v in result.train_losses)

@@ -1,5 +1,5 @@
 """Attention from scratch: scaled dot-product attention, multi-head (and grouped-query) attention,
-tiled "flash" attention with the online softmax, and positional encodings.
+and tiled "flash" attention with the online softmax.
 
 Everything here is written out step by step and checked against PyTorch in ``tests/test_attention.py``:
 
@@ -9,10 +9,8 @@ Everything here is written out step by step and checked against PyTorch in ``tes
   never building the full (Tq, Tk) score matrix;
 - :class:`MultiHeadAttention` — self- or cross-attention with one fused q/k/v projection (as GPT-2's
   ``c_attn``), where grouped-query attention (``n_kv_head < n_head``) and multi-query attention
-  (``n_kv_head=1``) just mean fewer k/v columns; optional RoPE and a KV cache (see
-  ``utils.model.KVCache``);
-- positional encodings: :func:`sinusoidal_positions`, :class:`LearnedPositionalEmbedding`,
-  :class:`RotaryEmbedding` + :func:`apply_rope`.
+  (``n_kv_head=1``) just mean fewer k/v columns; optional RoPE (``utils.positions``), a KV cache
+  (``utils.kv_cache.KVCache``) and prefix keys/values (prefix tuning).
 
 Shape letters: B batch, H query heads, Hkv key/value heads, T / Tq query length, Tk key length,
 d (or hd) the per-head dimension, C = n_embd = H * hd.
@@ -31,20 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "scaled_dot_product_attention",
-    "flash_attention",
-    "causal_mask",
-    "attend",
-    "MultiHeadAttention",
-    "sinusoidal_positions",
-    "LearnedPositionalEmbedding",
-    "RotaryEmbedding",
-    "apply_rope",
-    "apply_rope_rolled",
-    "rotate_half",
-    "peak_tensor_memory",
-]
+from utils.checks import check_bool, check_int, check_number
+from utils.positions import RotaryEmbedding, apply_rope_rolled
+
+__all__ = ["scaled_dot_product_attention", "flash_attention", "causal_mask", "attend", "MultiHeadAttention",
+           "ATTENTION_IMPLS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +56,17 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                          f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
     if k.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"k and v must have the same leading shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k and v must be on the same device, got {q.device}, {k.device} and {v.device}")
+
+
+def _check_options(is_causal, dropout_p, scale) -> None:
+    check_bool("is_causal", is_causal)
+    check_number("dropout_p", dropout_p, 0, 1, high_open=True)
+    if scale is not None:
+        check_number("scale (None = 1/sqrt(d))", scale, 0, low_open=True)
 
 
 def _expand_kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,19 +93,23 @@ def causal_mask(tq: int, tk: int, device: torch.device | str | None = None) -> t
     Aligned to the end, so the Tq queries are the last Tq positions of a Tk-long sequence
     (for Tq == Tk this is the usual lower-triangular mask).
     """
+    check_int("tq", tq, 1)
+    check_int("tk", tk, 1)
     if tq > tk:
         raise ValueError(f"a causal mask with more queries ({tq}) than keys ({tk}) leaves the first "
                          f"{tq - tk} queries with nothing to attend to; pass at least as many keys as queries")
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
-def _check_mask(mask: torch.Tensor, batch_shape: torch.Size, tq: int, tk: int) -> None:
+def _check_mask(mask: torch.Tensor, batch_shape: torch.Size, tq: int, tk: int, device: torch.device) -> None:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor (bool: True = may attend, or additive float), "
                         f"got {type(mask).__name__}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"mask must be bool (True = may attend) or floating point (added to the scores), "
                         f"got dtype {mask.dtype}; convert it with mask.bool()")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device} but q, k, v are on {device}")
     target = (*batch_shape, tq, tk)
     try:
         ok = torch.broadcast_shapes(mask.shape, target) == torch.Size(target)
@@ -145,8 +149,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     (masked scores are set to the most negative finite number, not -inf), so it never produces NaN.
     """
     _check_qkv(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    _check_options(is_causal, dropout_p, scale)
+    check_bool("return_weights", return_weights)
     k, v = _expand_kv_heads(q, k, v)
     tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -154,7 +158,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk): how much each query matches each key
 
     if mask is not None:
-        _check_mask(mask, scores.shape[:-2], tq, tk)
+        _check_mask(mask, scores.shape[:-2], tq, tk, q.device)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         else:
@@ -191,8 +195,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal
     slow; real kernels run the same algorithm inside one GPU kernel, with tiles in on-chip SRAM.
     """
     _check_qkv(q, k, v)
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    _check_options(is_causal, 0.0, scale)
+    block_size = check_int("block_size", block_size, 1)
     k, v = _expand_kv_heads(q, k, v)
     tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     if is_causal and tq > tk:
@@ -253,15 +257,27 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     kernel (same numbers, tested, but faster and lighter on memory), with the causal mask aligned to
     the end like ours.
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+    _check_qkv(q, k, v)
+    _check_options(is_causal, dropout_p, None)
+    if mask is not None:
+        _check_mask(mask, torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2], q.device)
+    if is_causal and q.shape[-2] > k.shape[-2]:
+        causal_mask(q.shape[-2], k.shape[-2])  # raises: more queries than keys
+    return _attend(q, k, v, mask, is_causal, dropout_p, impl)
+
+
+def _attend(q, k, v, mask, is_causal, dropout_p, impl) -> torch.Tensor:
+    """:func:`attend` without the checks: the modules call it with tensors they built themselves
+    (on a decoding step, a few microseconds of checks per layer would add up)."""
     if impl == "ours":
         return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
-    if impl != "torch":
-        raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
     if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
-        # PyTorch's CPU flash-attention backward is ~3.5x slower in bf16 than in fp32 (measured
-        # under bf16 autocast on a Xeon with AMX), so train-time attention on CPU runs in fp32.
+        # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
+        # (benchmarks/attention.py, second table), so train-time attention on CPU runs in fp32.
         with torch.autocast("cpu", enabled=False):
-            return attend(q.float(), k.float(), v.float(), mask, is_causal, dropout_p, impl).to(q.dtype)
+            return _attend(q.float(), k.float(), v.float(), mask, is_causal, dropout_p, impl).to(q.dtype)
     tq, tk = q.shape[-2], k.shape[-2]
     if is_causal and (tq != tk or mask is not None):
         cm = causal_mask(tq, tk, device=q.device)
@@ -280,150 +296,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                                                   dropout_p=dropout_p, enable_gqa=True)
         k, v = _expand_kv_heads(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
-
-
-# ---------------------------------------------------------------------------------------------
-# Positional encodings
-# ---------------------------------------------------------------------------------------------
-
-def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
-    """The fixed encodings of "Attention Is All You Need": (T, d).
-
-    ``pe[t, 2i] = sin(t / base^(2i/d))`` and ``pe[t, 2i+1] = cos(t / base^(2i/d))``: every pair of
-    dimensions is a clock turning at its own speed, fast for the first pairs, slow for the last.
-    """
-    if T < 1 or d < 2 or d % 2:
-        raise ValueError(f"sinusoidal_positions needs T >= 1 and an even d >= 2, got T={T}, d={d}")
-    pos = torch.arange(T, dtype=torch.float32)[:, None]
-    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
-    angles = pos * inv_freq  # (T, d/2)
-    pe = torch.empty(T, d)
-    pe[:, 0::2] = torch.sin(angles)
-    pe[:, 1::2] = torch.cos(angles)
-    return pe
-
-
-class LearnedPositionalEmbedding(nn.Module):
-    """One learned vector per position (GPT-2, BERT): positions (T,) or (B, T) -> (..., T, d).
-
-    It only knows the ``max_len`` positions it was trained on: asking for a later one is an error
-    (this is what fixes GPT-2's context window at 1024).
-    """
-
-    def __init__(self, max_len: int, d: int):
-        super().__init__()
-        self.max_len = max_len
-        self.weight = nn.Parameter(torch.empty(max_len, d))
-        nn.init.normal_(self.weight, std=0.02)
-
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        if positions.numel() and int(positions.max()) >= self.max_len:
-            raise ValueError(f"position {int(positions.max())} is beyond the {self.max_len} learned positions "
-                             f"(0..{self.max_len - 1}); learned positions cannot extrapolate: shorten the "
-                             "sequence (or, when generating, re-run the last block_size tokens without the cache)")
-        return F.embedding(positions, self.weight)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension (the Llama / HF convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, hd) by the angles whose cos/sin are given, broadcastable to x.
-
-    Convention: "rotate-half" (as Hugging Face Llama): dimension ``i`` is paired with ``i + hd/2``,
-    and the pair is rotated by angle ``t * base^(-2i/hd)``. (The original RoPE paper pairs adjacent
-    dimensions 2i, 2i+1 — "interleaved"; the two are the same up to a fixed permutation of the
-    dimensions, which is why Llama checkpoints converted between them permute q/k weights.)
-    """
-    return x * cos + rotate_half(x) * sin
-
-
-def apply_rope_rolled(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_rope` in three ops instead of seven, for the decoding hot path.
-
-    ``rotate_half(x) * sin`` = ``cat(-x2, x1) * sin`` = ``roll(x, hd/2) * sin_signed`` where
-    ``sin_signed`` is ``sin`` with its first half negated (``RotaryEmbedding.cos_sin(..., signed=True)``).
-    Equal to :func:`apply_rope` (tested).
-    """
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoPE, Su et al. 2021) for heads of size ``head_dim``.
-
-    ``cos_sin(position_ids)`` returns (cos, sin) to use with :func:`apply_rope`:
-    for position_ids (T,) they are (T, hd); for (B, T) they are (B, 1, T, hd) (broadcast over heads).
-    Because q at position m and k at position n are rotated by m and n, their dot product depends
-    only on m - n: attention sees *relative* positions. The tables are computed up to
-    ``max_seq_len`` and extended on demand (RoPE has no learned limit; quality beyond the trained
-    length is another matter).
-    """
-
-    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0):
-        super().__init__()
-        if head_dim < 2 or head_dim % 2:
-            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {head_dim}")
-        if max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
-        self.head_dim, self.base = head_dim, float(base)
-        inv_freq = 1.0 / (self.base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._build(max_seq_len)
-
-    def _build(self, n: int) -> None:
-        device = self.inv_freq.device
-        t = torch.arange(n, dtype=torch.float32, device=device)
-        freqs = torch.outer(t, self.inv_freq)  # (n, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (n, hd): rotate-half layout
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
-        # sin with the first half negated, for apply_rope_rolled (the same rotation in fewer ops)
-        half = self.head_dim // 2
-        self.register_buffer("sin_signed", torch.cat((-emb[:, :half].sin(), emb[:, half:].sin()), dim=-1),
-                             persistent=False)
-        self.max_seq_len = n
-
-    def cos_sin(self, position_ids: torch.Tensor | int, T: int | None = None,
-                signed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) for the given positions.
-
-        ``position_ids`` a tensor (T,) -> (T, hd) each; (B, T) -> (B, 1, T, hd) each (broadcast over
-        heads). Or an int ``start`` with ``T``: the contiguous positions start..start+T-1 (a slice of
-        the table, the fast path used when no row is padded). ``signed=True`` returns
-        ``sin_signed`` instead of ``sin``, for :func:`apply_rope_rolled`.
-        """
-        if isinstance(position_ids, int):
-            if T is None:
-                raise ValueError("cos_sin(start, T): give the number of positions T with an int start")
-            end = position_ids + T
-            if end > self.max_seq_len:
-                self._build(max(end, 2 * self.max_seq_len))
-            sin_table = self.sin_signed if signed else self.sin
-            return self.cos.narrow(0, position_ids, T), sin_table.narrow(0, position_ids, T)
-        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() not in (1, 2):
-            raise ValueError(f"position_ids must be an int start, or a tensor (T,) or (B, T); got "
-                             f"{getattr(position_ids, 'shape', position_ids)!r}")
-        if position_ids.dtype.is_floating_point:
-            raise TypeError(f"position_ids must be integers, got {position_ids.dtype}")
-        needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
-        if needed > self.max_seq_len:
-            self._build(max(needed, 2 * self.max_seq_len))
-        sin_table = self.sin_signed if signed else self.sin
-        cos, sin = self.cos[position_ids], sin_table[position_ids]
-        if position_ids.dim() == 2:
-            cos, sin = cos[:, None], sin[:, None]
-        return cos, sin
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor | int = 0):
-        """Rotate q (B, H, T, hd) and k (B, Hkv, T, hd) by their positions: a tensor (T,) or (B, T),
-        or an int start of contiguous positions."""
-        cos, sin = self.cos_sin(position_ids, q.shape[-2])
-        if cos.dtype != q.dtype:
-            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,15 +327,29 @@ class MultiHeadAttention(nn.Module):
                  dropout: float = 0.0, causal: bool = True, rope: RotaryEmbedding | None = None,
                  cross: bool = False, impl: str = "torch", attn_dropout: float | None = None):
         super().__init__()
+        check_int("n_embd", n_embd, 1)
+        check_int("n_head", n_head, 1)
+        if n_kv_head is not None:
+            check_int("n_kv_head", n_kv_head, 1)
+        for name, value in (("bias", bias), ("causal", causal), ("cross", cross)):
+            check_bool(name, value)
+        check_number("dropout", dropout, 0, 1, high_open=True)
+        if attn_dropout is not None:
+            check_number("attn_dropout", attn_dropout, 0, 1, high_open=True)
+        if rope is not None and not isinstance(rope, RotaryEmbedding):
+            raise TypeError(f"rope must be a RotaryEmbedding or None, got {type(rope).__name__}")
         n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if n_head < 1 or n_embd % n_head:
+        if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets "
                              f"n_embd // n_head dimensions")
-        if n_kv_head < 1 or n_head % n_kv_head:
+        if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head}): each key/value "
                              "head is shared by a group of n_head // n_kv_head query heads")
-        if impl not in ATTENTION_IMPLS:
+        if not isinstance(impl, str) or impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+        if rope is not None and rope.head_dim != n_embd // n_head:
+            raise ValueError(f"rope is for heads of {rope.head_dim} dimensions, these have n_embd // n_head = "
+                             f"{n_embd // n_head}")
         if rope is not None and cross:
             raise ValueError("RoPE is for self-attention; cross-attention keys come from another sequence")
         self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, n_kv_head
@@ -489,30 +375,36 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache=None, layer_idx: int | None = None,
                 need_weights: bool = False, is_causal: bool | None = None,
-                rope_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None):
+                rope_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None):
         """x (B, T, C) -> (B, T, C), or (out, weights (B, H, T, Tk)) with ``need_weights``.
 
         context: (B, S, C), required for cross-attention. mask: bool / additive, broadcastable to
         (B, H, T, Tk). position_ids: for RoPE, a tensor (T,) or (B, T), or an int start of contiguous
         positions (default: the positions right after what the cache holds, else 0).
         kv_cache / layer_idx: an object with ``update(layer_idx, k, v) -> (k_all, v_all)`` and
-        ``length`` (``utils.model.KVCache``): the new keys/values are written into it and attention
+        ``length`` (``utils.kv_cache.KVCache``): the new keys/values are written into it and attention
         runs over everything cached. is_causal: override the module's ``causal`` (the model passes
         False when ``mask`` already contains the causal part). rope_cos_sin: ``(cos, sin_signed)`` from
         ``rope.cos_sin(position_ids, T, signed=True)``, computed once per forward by the model and
         shared by all its layers (as Hugging Face's Llama passes ``position_embeddings``); when
-        given, ``position_ids`` is not used.
+        given, ``position_ids`` is not used. past_kv: prefix keys and values ``(k, v)``, each
+        (B or 1, Hkv, P, hd), put before everything else (prefix tuning): every query attends to all
+        P of them (a ``mask`` must then cover P + past + T keys); gradients flow into them.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor (B, T, n_embd={self.n_embd}), got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"x must be (B, T, n_embd={self.n_embd}), got {tuple(x.shape)}")
         B, T, _ = x.shape
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs `context` (B, S, n_embd), e.g. the encoder output")
-            if context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.n_embd:
-                raise ValueError(f"context must be (B={B}, S, n_embd={self.n_embd}), got {tuple(context.shape)}")
-            if kv_cache is not None:
-                raise ValueError("the KV cache is for self-attention; cross-attention recomputes from context")
+            if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.n_embd:
+                raise ValueError(f"context must be (B={B}, S, n_embd={self.n_embd}), got "
+                                 f"{getattr(context, 'shape', type(context).__name__)}")
+            if kv_cache is not None or past_kv is not None:
+                raise ValueError("kv_cache and past_kv are for self-attention; cross-attention recomputes from context")
             src = context
         else:
             if context is not None:
@@ -549,6 +441,12 @@ class MultiHeadAttention(nn.Module):
             if layer_idx is None:
                 raise ValueError("pass layer_idx with kv_cache (which layer's slot to write)")
             k, v = kv_cache.update(layer_idx, k, v)  # (B, Hkv, past + T, hd), views of the cache
+        if past_kv is not None:  # prefix keys/values in front of everything (batch dim 1 broadcasts)
+            pk, pv = past_kv
+            k = torch.cat([pk.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+        if mask is not None:
+            _check_mask(mask, (B, H), T, k.shape[2], x.device)
         causal = self.causal if is_causal is None else is_causal
         if causal and T == 1:
             causal = False  # one new query may see every cached key
@@ -557,87 +455,9 @@ class MultiHeadAttention(nn.Module):
             y, w = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=p,
                                                 return_weights=True)
         else:
-            y = attend(q, k, v, mask=mask, is_causal=causal, dropout_p=p, impl=self.impl)
+            y = _attend(q, k, v, mask, causal, p, self.impl)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side again
         y = self.out_proj(y)
         if self.resid_dropout.p and self.training:  # skip the no-op call when decoding
             y = self.resid_dropout(y)
         return (y, w) if need_weights else y
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring memory on any device
-# ---------------------------------------------------------------------------------------------
-
-class _LiveTensorBytes:
-    """Counts the bytes of tensor storages allocated during a call that are still alive, op by op.
-
-    Implemented as a ``TorchDispatchMode``: every ATen op's outputs are seen; a storage not seen
-    before (and not one of the inputs') is counted until its last tensor is freed (weakref.finalize).
-    """
-
-    def __init__(self, external: set[int]):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in (out if isinstance(out, (tuple, list)) else (out,)):
-                    if isinstance(t, torch.Tensor):
-                        tracker._track(t)
-                return out
-
-        self.mode = _Mode()
-        self.external = external
-        self.live: dict[int, list[int]] = {}  # storage pointer -> [nbytes, tensors alive]
-        self.current = self.peak = 0
-
-    def _track(self, t: torch.Tensor) -> None:
-        import weakref
-
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return
-        key, nbytes = storage.data_ptr(), storage.nbytes()
-        if key == 0 or nbytes == 0 or key in self.external:
-            return
-        if key in self.live:
-            self.live[key][1] += 1
-        else:
-            self.live[key] = [nbytes, 1]
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-        weakref.finalize(t, self._release, key)
-
-    def _release(self, key: int) -> None:
-        entry = self.live.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[key]
-
-
-def peak_tensor_memory(fn, *args, **kwargs) -> tuple[object, int]:
-    """Run ``fn(*args, **kwargs)`` and return (result, peak bytes of tensors it allocated).
-
-    Works on any device, including CPU (where ``tracemalloc`` cannot see torch's allocations):
-    every op's output storage is counted while it is alive; the inputs are not counted; the
-    result is counted (it is alive at the end). Buffers that a fused kernel allocates internally
-    and frees before returning (e.g. the per-thread tiles of torch's CPU flash kernel) are not
-    visible, so for such kernels this is a lower bound. On CUDA, ``torch.cuda.max_memory_allocated``
-    measures the allocator directly.
-
-    Autograd follows the caller's mode: wrap the call in ``torch.no_grad()`` for inference, or pass a
-    function that runs forward *and* backward to measure a training step (e.g. with and without
-    gradient checkpointing).
-    """
-    external = {a.untyped_storage().data_ptr() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
-    tracker = _LiveTensorBytes(external)
-    with tracker.mode:
-        result = fn(*args, **kwargs)
-    return result, tracker.peak

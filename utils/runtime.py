@@ -1,18 +1,41 @@
-"""Runtime helpers: device choice, seeding, and the fast mode used by CI.
+"""Runtime helpers: device choice, seeding, CPU settings, and the fast mode used by CI.
 
 Fast mode (``LLM_COURSE_FAST=1``, set by ``make test``) shrinks every experiment so the whole
 course executes under nbval in minutes; default mode is what a learner runs.
+
+Importing this module before torch (the notebooks' first cell does) makes OpenMP's waiting threads
+sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``), see :data:`OPENMP_WAIT_POLICY`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-import torch
+# OpenMP reads its settings once, when torch's OpenMP runtime loads, so this must run before
+# `import torch`. PyTorch's CPU build (GNU OpenMP) otherwise keeps worker threads spinning at the end
+# of every parallel region; when another process holds one of the cores, the running thread spins its
+# whole time slice waiting for the descheduled one: on a shared 2-core machine, 10 training steps of a
+# small model took a median 259 s (30 s of CPU) with the default and 6.0 s (1 s of CPU) with PASSIVE
+# (benchmarks/contention.py). A value the user set is kept.
+_TORCH_WAS_LOADED = "torch" in sys.modules
+_ENV_AT_START = frozenset(os.environ)
+OPENMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch.profiler's Kineto prints "USDT: ... profiler_start/stop" lines to stderr on every profile
+# (levels below 6 keep them); read when a profile starts.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+# transformers imports torchao when it is installed; torchao then logs that its CUDA-only kernels do not
+# load, and torch's pytree registry logs a deprecation notice: noise in every notebook that loads a model.
+# bitsandbytes likewise logs that an optional CPU kernel package is missing.
+for _logger in ("torchao", "torch.utils._pytree", "bitsandbytes"):
+    logging.getLogger(_logger).setLevel(logging.ERROR)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 T = TypeVar("T")
 
@@ -70,10 +93,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+_SEED_LIMIT = 2**64  # torch.manual_seed takes at most 64 bits
+
+
 def set_seed(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (all devices) so a run is repeatable."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    """Seed Python's ``random``, NumPy and torch (all devices) so a run is repeatable.
+
+    ``seed``: an int (or NumPy integer) with ``0 <= seed < 2**64``; anything else raises before any
+    generator is touched (TypeError for a non-integer, ValueError for an integer out of range).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int with 0 <= seed < 2**64, got {seed!r} of type {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"seed must be an int with 0 <= seed < 2**64 (what torch.manual_seed accepts), "
+                         f"got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
@@ -120,6 +154,17 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     return _allocator_tuned
 
 
+def openmp_wait_policy() -> str:
+    """How torch's OpenMP threads wait: "PASSIVE" (sleep; the course's choice) or what the user set.
+
+    Says so when torch was imported before this module without ``OMP_WAIT_POLICY`` set: the setting
+    then came too late for this process (restart the kernel and run the first cell first).
+    """
+    if _TORCH_WAS_LOADED and OPENMP_WAIT_POLICY == "PASSIVE" and "OMP_WAIT_POLICY" not in _ENV_AT_START:
+        return "OpenMP default (torch was imported before utils.runtime)"
+    return OPENMP_WAIT_POLICY
+
+
 def environment_report() -> dict[str, str]:
     """Versions and settings worth printing at the top of a notebook or a bug report."""
     import platform
@@ -130,6 +175,7 @@ def environment_report() -> dict[str, str]:
         "numpy": np.__version__,
         "device": str(get_device()),
         "torch threads": str(torch.get_num_threads()),
+        "OpenMP wait policy": openmp_wait_policy(),
         "fast mode": str(is_fast()),
     }
     if torch.cuda.is_available():

@@ -1,7 +1,9 @@
 """Token budgets in practice: count, truncate, slide windows over, and chunk text.
 
 Every helper takes a tokenizer with ``encode(text)`` and ``decode(ids)``, so it works with our
-:class:`utils.tokenizer.BPETokenizer` and with a ``tiktoken.Encoding`` alike::
+:class:`utils.tokenizer.BPETokenizer` and with a ``tiktoken.Encoding`` alike. Helpers on ids
+(:func:`truncate`, :func:`sliding_windows`) take a list of ints, a 1-D tensor or array, and return
+lists; they refuse a str (a string is not token ids: use :func:`truncate_text` for text)::
 
     from utils.tokens import count_tokens, truncate, sliding_windows, chunk_text
     n = count_tokens(text, tok)                          # how many tokens?
@@ -15,6 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from utils.checks import check_int, check_number
+from utils.token_ids import as_token_ids
 
 __all__ = ["count_tokens", "encode_plain", "truncate", "truncate_text", "sliding_windows",
            "chunk_text", "api_cost"]
@@ -41,11 +46,22 @@ def count_tokens(text: str, tokenizer: Any) -> int:
     return len(encode_plain(text, tokenizer))
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+_SIDES = ("left", "right", "middle")
+
+
+def _check_side(side) -> None:
+    if side not in _SIDES:
+        raise ValueError(f"side must be 'left', 'right' or 'middle' (where tokens are removed), got {side!r}")
+
+
+def _ids_arg(ids, func: str) -> list[int]:
+    """``ids`` as a list of ints; a str gets a message pointing to the text helper."""
+    if isinstance(ids, str):
+        hint = ("truncate_text(text, tokenizer, max_tokens)" if func == "truncate"
+                else "ids = tokenizer.encode(text) first")
+        raise TypeError(f"ids must be token ids (a list of ints), got a str {ids[:30]!r}: {func}() would "
+                        f"cut its characters, not its tokens; use {hint}")
+    return as_token_ids(ids)
 
 
 def truncate(ids: Sequence[int], max_tokens: int,
@@ -55,11 +71,12 @@ def truncate(ids: Sequence[int], max_tokens: int,
     - ``"right"``: keep the beginning (drop the end), e.g. a document's opening.
     - ``"left"``: keep the end (drop the beginning), e.g. the latest turns of a chat.
     - ``"middle"``: keep the beginning and the end (the extra token, if odd, goes to the beginning).
+
+    ``ids``: a list of ints, a 1-D tensor or array (a str is refused: see :func:`truncate_text`).
     """
-    _check_positive_int("max_tokens", max_tokens, minimum=0)
-    if side not in ("left", "right", "middle"):
-        raise ValueError(f"side must be 'left', 'right' or 'middle', got {side!r}")
-    ids = list(ids)
+    check_int("max_tokens", max_tokens, minimum=0)
+    _check_side(side)
+    ids = _ids_arg(ids, "truncate")
     if len(ids) <= max_tokens:
         return ids
     if side == "right":
@@ -79,6 +96,10 @@ def truncate_text(text: str, tokenizer: Any, max_tokens: int,
     its tokens count towards the budget. Cuts are on token boundaries, so a character split
     between two tokens may show as '�' at the cut.
     """
+    check_int("max_tokens", max_tokens, minimum=0)
+    _check_side(side)
+    if not isinstance(marker, str):
+        raise TypeError(f"marker must be a str such as '\\n[...]\\n', got {type(marker).__name__}")
     ids = encode_plain(text, tokenizer)
     if len(ids) <= max_tokens:
         return text
@@ -100,11 +121,11 @@ def sliding_windows(ids: Sequence[int], window: int, stride: int) -> list[list[i
     last window may be shorter. ``stride`` must be between 1 and ``window`` (a larger stride would
     skip ids). An empty input gives no windows.
     """
-    _check_positive_int("window", window)
-    _check_positive_int("stride", stride)
+    check_int("window", window, minimum=1)
+    check_int("stride", stride, minimum=1)
     if stride > window:
         raise ValueError(f"stride={stride} > window={window} would skip tokens; use stride <= window")
-    ids = list(ids)
+    ids = _ids_arg(ids, "sliding_windows")
     out = []
     start = 0
     while start < len(ids):
@@ -192,9 +213,11 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int = 0) -> 
     has at most ``max_tokens`` tokens (a single token that is longer than a character boundary
     allows is the only exception and cannot happen with ``max_tokens >= 4``).
     """
-    encode_plain("", tokenizer)  # type checks
-    _check_positive_int("max_tokens", max_tokens)
-    _check_positive_int("overlap", overlap, minimum=0)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    encode_plain("", tokenizer)  # checks the tokenizer
+    check_int("max_tokens", max_tokens, minimum=1)
+    check_int("overlap", overlap, minimum=0)
     if overlap >= max_tokens:
         raise ValueError(f"overlap={overlap} must be smaller than max_tokens={max_tokens}")
     if not text:
@@ -238,7 +261,6 @@ def _tail(chunk: str, tokenizer: Any, n_tokens: int) -> str:
 
 def api_cost(n_tokens: int, price_per_million: float) -> float:
     """Dollars for ``n_tokens`` at ``price_per_million`` dollars per million tokens."""
-    _check_positive_int("n_tokens", n_tokens, minimum=0)
-    if price_per_million < 0:
-        raise ValueError(f"price_per_million must be >= 0, got {price_per_million}")
+    check_int("n_tokens", n_tokens, minimum=0)
+    check_number("price_per_million", price_per_million, minimum=0)
     return n_tokens * price_per_million / 1_000_000

@@ -1,16 +1,14 @@
-"""A plain training loop for the course's language models, and checkpoints you can trust.
+"""A plain training loop for the course's language models (nanoGPT's ``train.py`` as a library).
 
-Everything a small pretraining run needs, in one readable file (nanoGPT's ``train.py`` as a
-library):
+- :class:`TrainConfig` + :func:`train`: AdamW (weight decay on matrices only, or your own parameter
+  groups), linear warmup then cosine decay (:func:`lr_schedule`), gradient clipping, gradient
+  accumulation, periodic evaluation (:func:`estimate_loss`), a ``tqdm`` progress bar, a live loss
+  plot in notebooks (:class:`LiveLossPlot`), mixed precision (:mod:`utils.precision`), optional
+  ``torch.compile``, an optional wall-clock budget, auxiliary losses logged separately, and a
+  clear stop on a non-finite loss.
+- :func:`enable_gradient_checkpointing`: recompute activations in the backward pass.
 
-- :class:`TrainConfig` + :func:`train`: AdamW (weight decay on matrices only), linear warmup then
-  cosine decay (:func:`lr_schedule`), gradient clipping, gradient accumulation, periodic
-  evaluation, a ``tqdm`` progress bar, a live loss plot in notebooks, mixed precision through
-  ``torch.autocast`` (:func:`autocast_context`), optional ``torch.compile``, and an optional
-  wall-clock budget (the cosine then decays over the steps expected to fit the budget).
-- :func:`save_checkpoint` / :func:`load_checkpoint`: model config + weights + tokenizer + training
-  metadata in one file, written atomically, with a sha256 of the weights checked at load time, so a
-  truncated, tampered or mismatched file fails loudly with :class:`CheckpointError`.
+Checkpoints live in :mod:`utils.checkpoint`, metrics in :mod:`utils.metrics`.
 
 Usage::
 
@@ -22,32 +20,35 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from utils.data import EpochSampler
+from utils.data import EpochSampler, check_token_stream
 from utils.data import get_batch as _get_batch
+from utils.precision import (PRECISIONS, as_device, autocast_context, cpu_has_fast_bf16,  # noqa: F401
+                             make_grad_scaler, resolve_precision)
 from utils.runtime import keep_freed_memory
 
 Batch = tuple[torch.Tensor, ...]
+SAMPLINGS = ("random", "epochs")
+GROUP_KEYS = ("params", "weight_decay", "lr_scale", "name")
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and schedule
 # ---------------------------------------------------------------------------------------------
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-SAMPLINGS = ("random", "epochs")
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -59,11 +60,11 @@ class TrainConfig:
     ``max_steps`` is the number of optimizer steps; with ``time_budget_s`` set, training also stops
     when that many seconds of training have passed (evaluation time is not counted) and the cosine
     decays over the number of steps expected to fit the budget (re-estimated as it runs).
-    ``precision``: "fp32", "bf16" (autocast), "fp16" (autocast + gradient scaling, CUDA only) or
-    "auto" (bf16 where the hardware runs it fast: :func:`resolve_precision`, otherwise fp32).
+    ``precision``: "fp32", "bf16" (autocast), "fp16" (autocast + gradient scaling) or "auto" (bf16
+    where the hardware runs it fast: :func:`utils.precision.resolve_precision`, otherwise fp32).
     ``sampling`` (with ``train_data``): "random" windows, each drawn independently (nanoGPT), or
     "epochs": shuffled non-overlapping windows, every training token once per pass
-    (:class:`utils.data.EpochSampler`).
+    (:class:`utils.data.EpochSampler`). ``eval_interval=0`` evaluates at the end only.
     """
 
     max_steps: int = 2000
@@ -91,20 +92,41 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_iters", "log_interval"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
-        if self.warmup_steps < 0 or self.eval_interval < 0:
-            raise ValueError("warmup_steps and eval_interval must be >= 0 (eval_interval=0: evaluate at the end only)")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("warmup_steps", "eval_interval"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {value!r}"
+                                 + (" (0: evaluate at the end only)" if name == "eval_interval" else ""))
+        for name in ("block_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"TrainConfig.{name} must be None or an int >= 1, got {value!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"TrainConfig.seed must be an int in [0, 2**63), got {self.seed!r}")
+        if not (_is_real(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if not (_is_real(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"TrainConfig.min_lr must be a number with 0 <= min_lr <= lr={self.lr}, got {self.min_lr!r}")
+        if not (_is_real(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(_is_real(b) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), e.g. (0.9, 0.99), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.grad_clip is not None and not (_is_real(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be a number > 0, or None to disable clipping; "
+                             f"got {self.grad_clip!r}")
+        if self.time_budget_s is not None and not (_is_real(self.time_budget_s) and self.time_budget_s > 0):
+            raise ValueError(f"TrainConfig.time_budget_s must be seconds > 0 or None, got {self.time_budget_s!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ValueError(f"time_budget_s must be positive or None, got {self.time_budget_s}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError("grad_clip must be positive, or None to disable clipping")
+            raise ValueError(f"TrainConfig.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        for name in ("compile", "progress", "live_plot"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def lr_schedule(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: float) -> float:
@@ -114,8 +136,14 @@ def lr_schedule(step: int, *, lr: float, min_lr: float, warmup_steps: int, total
     ``warmup_steps`` to ``total_steps`` it follows half a cosine down to ``min_lr``; after
     ``total_steps`` it stays at ``min_lr``.
     """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    if not _is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if not (_is_real(lr) and lr > 0 and _is_real(min_lr) and 0 <= min_lr <= lr):
+        raise ValueError(f"need finite lr > 0 and 0 <= min_lr <= lr, got lr={lr!r}, min_lr={min_lr!r}")
+    if not _is_int(warmup_steps) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    if not (_is_real(total_steps) and total_steps >= 0):
+        raise ValueError(f"total_steps must be a finite number >= 0, got {total_steps!r}")
     if warmup_steps > 0 and step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
     if step >= total_steps:
@@ -125,75 +153,109 @@ def lr_schedule(step: int, *, lr: float, min_lr: float, warmup_steps: int, total
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                        betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (linear and embedding weights) and none on biases/norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    seen: set[int] = set()
-    decay, no_decay = [], []
-    for p in params:
-        if id(p) in seen:  # tied weights appear once
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # One fused kernel for all parameters instead of ~10 small ops each (PyTorch >= 2.4 on CPU):
-    # 0.7 ms instead of 3.7 ms per step for the course recipe's 26 tensors on a 2-core CPU.
-    fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
-    except (RuntimeError, TypeError):  # an older torch without the CPU kernel
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+# ---------------------------------------------------------------------------------------------
+# The optimizer and its parameter groups
+# ---------------------------------------------------------------------------------------------
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (linear and embedding weights, ``dim >= 2``), none on biases and norms."""
+    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())  # tied weights once
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "name": "decay"},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def autocast_context(device: torch.device | str, precision: str = "fp32"):
-    """A context manager for the forward pass: ``torch.autocast`` for bf16/fp16, else a no-op.
+def resolve_param_groups(model: nn.Module, weight_decay: float,
+                         param_groups: list[dict[str, Any]] | Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+                         ) -> list[dict[str, Any]]:
+    """Checked parameter groups: each ``{"params": [...], "weight_decay": float, "lr_scale": float}``.
 
-    "auto" picks bf16 on CUDA GPUs that support it and on CPUs with bf16 matrix instructions (AMX
-    or AVX-512 BF16, :func:`cpu_has_fast_bf16`), and fp32 elsewhere (on CPUs without them, bf16 autocast is
-    *slower* than fp32; notebook 04 measures it on the machine it runs on).
+    ``param_groups``: ``None`` (:func:`default_param_groups`), a list of dicts, or a function
+    ``model -> list of dicts``. A dict holds ``params`` and optionally ``weight_decay`` (default
+    ``weight_decay``), ``lr_scale`` (multiplies the scheduled learning rate; default 1) and ``name``.
+    Parameters with ``requires_grad=False`` are left out; every trainable parameter of the model
+    must be in exactly one group.
     """
-    device = torch.device(device)
-    precision = resolve_precision(device, precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    if callable(param_groups):
+        made = param_groups(model)
+        where = f"param_groups(model) (the function {getattr(param_groups, '__name__', param_groups)!r})"
+    else:
+        made, where = param_groups, "param_groups"
+    if made is None:
+        made, where = default_param_groups(model, weight_decay), "the default groups"
+    if not isinstance(made, (list, tuple)) or not made:
+        raise TypeError(f"{where} must be a non-empty list of dicts, got {type(made).__name__} {made!r:.80}")
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    groups, owner = [], {}
+    for i, group in enumerate(made):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{where}[{i}] must be a dict with a 'params' entry, got {group!r:.80}")
+        unknown = set(group) - set(GROUP_KEYS)
+        if unknown:
+            hint = " (the schedule sets lr every step; scale it with lr_scale)" if "lr" in unknown else ""
+            raise ValueError(f"{where}[{i}] has unknown key(s) {sorted(unknown)}; allowed: {list(GROUP_KEYS)}{hint}")
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        wd = group.get("weight_decay", weight_decay)
+        scale = group.get("lr_scale", 1.0)
+        if not (_is_real(wd) and wd >= 0):
+            raise ValueError(f"{where}[{i}]['weight_decay'] must be a finite number >= 0, got {wd!r}")
+        if not (_is_real(scale) and scale >= 0):
+            raise ValueError(f"{where}[{i}]['lr_scale'] must be a finite number >= 0, got {scale!r}")
+        kept = []
+        for p in params:
+            if not isinstance(p, nn.Parameter):
+                raise TypeError(f"{where}[{i}]['params'] holds a {type(p).__name__}; pass the model's parameters")
+            if id(p) not in names:
+                raise ValueError(f"{where}[{i}]['params'] holds a parameter of shape {tuple(p.shape)} that is not "
+                                 "in this model (were the groups made from another copy of it?)")
+            if not p.requires_grad or id(p) in {id(q) for q in kept}:
+                continue  # frozen (e.g. a LoRA base) or listed twice in one group (tied weights)
+            if id(p) in owner:
+                raise ValueError(f"parameter {names[id(p)]!r} is in {where}[{owner[id(p)]}] and [{i}]; "
+                                 "each parameter belongs to one group")
+            owner[id(p)] = i
+            kept.append(p)
+        out = {"params": kept, "weight_decay": float(wd), "lr_scale": float(scale)}
+        if "name" in group:
+            out["name"] = str(group["name"])
+        groups.append(out)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owner]
+    if missing:
+        raise ValueError(f"{len(missing)} trainable parameter(s) are in no group of {where}, so they would not be "
+                         f"trained: {missing[:5]}{' ...' if len(missing) > 5 else ''}; add them to a group or set "
+                         "requires_grad=False")
+    if not owner:
+        raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+    return groups
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions, where oneDNN runs bf16 matrix multiplies faster
-    than fp32: AMX tile units (Intel Xeon 4th gen and later; 3.3x for the course model's training
-    step, measured with the profiler on a 2-core Xeon) or AVX-512 BF16 dot products (AMD Zen 4 and
-    later, Intel Cooper Lake; a bf16 training step of the course recipe takes about 0.65x the fp32
-    time on a 2-core AMD EPYC: benchmarks/pretrain_cpu.py's tokens/s). CPUs with neither (most laptops before 2023): False, stay in fp32."""
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        probe = getattr(torch.cpu, name, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except RuntimeError:
-            continue
-    return False
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                        betas: tuple[float, float] = (0.9, 0.99), *,
+                        param_groups: list[dict[str, Any]] | Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+                        ) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters, grouped by :func:`resolve_param_groups`.
 
-
-def resolve_precision(device: torch.device | str, precision: str) -> str:
-    """Turn "auto" into a concrete precision for ``device`` and reject unsupported combinations."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        if device.type == "cpu" and cpu_has_fast_bf16():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA GPU (gradient scaling); use precision='bf16' or 'fp32'")
-    if precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"bf16 autocast is not supported on {device.type}; use precision='fp32'")
-    return precision
+    Each optimizer group keeps its ``lr_scale``: :func:`train` sets ``group["lr"]`` to the
+    scheduled rate times it every step.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (_is_real(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (_is_real(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    groups = resolve_param_groups(model, weight_decay, param_groups)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    params = [p for g in groups for p in g["params"]]
+    # One fused kernel for all parameters instead of ~10 small ops each (PyTorch >= 2.4 on CPU).
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+    except (RuntimeError, TypeError):  # an older torch without the CPU kernel, or unusual dtypes
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,16 +274,28 @@ def estimate_loss(model: nn.Module, get_batch: Callable[[str], Batch], splits: I
                   eval_iters: int = 20, compute_loss: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
                   ctx=None) -> dict[str, float]:
     """Mean loss over ``eval_iters`` batches per split, with the model in eval mode (restored after)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, fn in (("get_batch", get_batch), ("compute_loss", compute_loss)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    if not splits or not all(isinstance(s, str) for s in splits):
+        raise ValueError(f"splits must be a non-empty list of split names such as ['train', 'val'], got {splits!r}")
+    if not _is_int(eval_iters) or eval_iters < 1:
+        raise ValueError(f"eval_iters must be an int >= 1, got {eval_iters!r}")
     was_training = model.training
     model.eval()
     out = {}
-    for split in splits:
-        total = 0.0
-        for _ in range(eval_iters):
-            with ctx if ctx is not None else contextlib.nullcontext():
-                total += compute_loss(model, get_batch(split)).float().item()
-        out[split] = total / eval_iters
-    model.train(was_training)
+    try:
+        for split in splits:
+            total = 0.0
+            for _ in range(eval_iters):
+                with ctx if ctx is not None else contextlib.nullcontext():
+                    total += compute_loss(model, get_batch(split)).float().item()
+            out[split] = total / eval_iters
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -231,7 +305,12 @@ def estimate_loss(model: nn.Module, get_batch: Callable[[str], Batch], splits: I
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: losses per logged step, evaluations, time and tokens seen."""
+    """What :func:`train` did: losses per logged step, evaluations, time and tokens seen.
+
+    ``train_losses``: (step, loss of that step's batch, auxiliary losses included);
+    ``aux_losses``: (step, auxiliary part) when the model sets ``loss_parts = {"lm": ..., "aux": ...}``
+    (e.g. a Mixture-of-Experts load-balancing loss); ``lrs``: (step, scheduled learning rate).
+    """
 
     steps: int = 0
     tokens: int = 0
@@ -239,6 +318,7 @@ class TrainResult:
     stopped_by: str = "max_steps"
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    aux_losses: list[tuple[int, float]] = field(default_factory=list)
     lrs: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -274,8 +354,11 @@ class LiveLossPlot:
         if result.val_losses:
             vs, vl = zip(*result.val_losses)
             ax.plot(vs, vl, "o-", label="val")
+        if result.aux_losses:
+            a_s, a_l = zip(*result.aux_losses)
+            ax.plot(a_s, a_l, lw=1, label="auxiliary part")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.set_ylabel("loss (nats/token)")
         ax.set_title(self.title)
         ax.legend()
         ax.grid(alpha=0.3)
@@ -292,39 +375,92 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _nonfinite_error(step: int, value: float, lr: float, precision: str, config: TrainConfig,
+                     what: str = "training loss") -> FloatingPointError:
+    if step == 1 and what == "training loss":
+        cause = ("it happened at step 1, before any update, so the model or the data produce it (check the "
+                 "inputs and the initialisation), not the learning rate")
+    elif precision == "fp16":
+        cause = (f"fp16 precision: float16 holds at most 65504, and activations or logits overflowed; use "
+                 f"precision='bf16' or 'fp32' (or a lower learning rate than {config.lr:g})")
+    else:
+        cause = (f"a learning rate too high for this model (lr={config.lr:g}, {lr:.3g} at this step): lower "
+                 "TrainConfig.lr (e.g. 10x), keep warmup_steps > 0 and grad_clip set"
+                 + ("; or bf16 precision, try 'fp32'" if precision == "bf16" else ""))
+    return FloatingPointError(f"training stopped: the {what} became {value} at step {step} "
+                              f"(precision {precision}). Likely cause: {cause}. The model's weights are "
+                              "probably no longer finite; rebuild or reload it before training again.")
+
+
+def _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (or None for the defaults), got {type(config).__name__}")
+    for name, fn in (("get_batch", get_batch), ("callback", callback)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a function or None, got {type(fn).__name__}")
+    if not callable(compute_loss):
+        raise TypeError(f"compute_loss must be a function (model, batch) -> loss, got {type(compute_loss).__name__}")
+    if param_groups is not None and not callable(param_groups) and not isinstance(param_groups, (list, tuple)):
+        raise TypeError(f"param_groups must be a list of dicts, a function model -> list, or None; "
+                        f"got {type(param_groups).__name__}")
+    if get_batch is not None:
+        if train_data is not None or val_data is not None:
+            raise ValueError("pass either train_data/val_data (token streams) or get_batch(split), not both")
+        return
+    if train_data is None:
+        raise ValueError("pass train_data (a 1-D tensor of token ids) or a get_batch(split) function")
+
+
 def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: torch.Tensor | None = None,
           config: TrainConfig | None = None, *, device: torch.device | str | None = None,
           get_batch: Callable[[str], Batch] | None = None,
           compute_loss: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
-          callback: Callable[[int, TrainResult], None] | None = None) -> TrainResult:
+          callback: Callable[[int, TrainResult], None] | None = None,
+          param_groups: list[dict[str, Any]] | Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+          ) -> TrainResult:
     """Train ``model`` in place and return a :class:`TrainResult`.
 
-    Data: either 1-D token tensors ``train_data``/``val_data`` (random windows via
-    :func:`utils.data.get_batch`), or your own ``get_batch(split) -> batch`` together with
-    ``compute_loss(model, batch) -> scalar`` (used for the MLM and span-corruption objectives).
-    ``callback(step, result)`` runs after each optimizer step (return value ignored).
+    Data: either 1-D token tensors ``train_data``/``val_data`` (windows via :mod:`utils.data`), or
+    your own ``get_batch(split) -> batch`` together with ``compute_loss(model, batch) -> scalar``
+    (used for the MLM and span-corruption objectives). ``callback(step, result)`` runs after each
+    optimizer step. ``param_groups``: see :func:`resolve_param_groups` (only parameters with
+    ``requires_grad=True`` are trained; ``lr_scale`` multiplies the schedule per group).
+    A NaN or infinite loss stops training with ``FloatingPointError`` naming the step: every step's
+    loss is kept on the device and read back at the next log step, evaluation or the end (the
+    reads the loop makes anyway), so the check adds no host synchronisation.
     """
+    _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups)
     config = config or TrainConfig()
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    model.to(device)
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults on the activations every step re-allocates
+    raw = _unwrap(model)
+    device = as_device(device) if device is not None else next(raw.parameters()).device
     precision = resolve_precision(device, config.precision)
-    ctx = autocast_context(device, precision)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
     own_batches = get_batch is None
     if own_batches:
-        if train_data is None:
-            raise ValueError("pass train_data (a 1-D tensor of token ids) or a get_batch(split) function")
-        block_size = config.block_size or _unwrap(model).config.block_size
+        model_block = getattr(getattr(raw, "config", None), "block_size", None)
+        block_size = config.block_size or model_block
+        if block_size is None:
+            raise ValueError(f"{type(raw).__name__} has no config.block_size; set TrainConfig.block_size")
+        if model_block is not None and block_size > model_block:
+            raise ValueError(f"TrainConfig.block_size={block_size} exceeds the model's block_size={model_block}")
+        vocab = getattr(getattr(raw, "config", None), "vocab_size", None)
+        for name, stream in (("train_data", train_data), ("val_data", val_data)):
+            if stream is not None:
+                check_token_stream(stream, max(config.batch_size, config.eval_batch_size or 1), block_size,
+                                   name=name, vocab_size=vocab)
+    groups = resolve_param_groups(raw, config.weight_decay, param_groups)  # validated before any change
+
+    raw.to(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on the activations every step re-allocates
+    ctx = autocast_context(device, precision)
+    scaler = make_grad_scaler(device, precision)
+    if own_batches:
         gen = torch.Generator().manual_seed(config.seed)
         val_gen = torch.Generator()
         data = {"train": train_data, "val": val_data if val_data is not None else train_data}
         eval_bs = config.eval_batch_size or config.batch_size
-
         epochs = (EpochSampler(train_data, config.batch_size, block_size, device=device, generator=gen)
                   if config.sampling == "epochs" else None)
 
@@ -341,16 +477,30 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
         eval_batch = get_batch
         splits = ("train", "val")
 
-    optimizer = configure_optimizer(_unwrap(model), config.lr, config.weight_decay, config.betas)
+    optimizer = configure_optimizer(raw, config.lr, config.weight_decay, config.betas, param_groups=groups)
     step_model = torch.compile(model) if config.compile else model
     result = TrainResult()
     plot = LiveLossPlot() if config.live_plot else None
+    pending: list[tuple[int, torch.Tensor, float]] = []  # (step, loss on the device, lr) not yet read back
+
+    def read_back(extra: list[torch.Tensor] = ()) -> list[float]:
+        """One host read for every pending step's loss (+ ``extra``); raise on the first non-finite one."""
+        values = torch.stack([v for _, v, _ in pending] + list(extra)).tolist() if pending or extra else []
+        for (s, _, lr_s), v in zip(pending, values):
+            if not math.isfinite(v):
+                raise _nonfinite_error(s, v, lr_s, precision, config)
+        pending.clear()
+        return values
 
     def evaluate(step: int) -> None:
+        read_back()
         if own_batches:
             val_gen.manual_seed(config.seed + 1)  # the same evaluation batches every time
         losses = estimate_loss(step_model, eval_batch, splits, config.eval_iters, compute_loss, ctx)
-        result.val_losses.append((step, losses.get("val", losses["train"])))
+        value = losses.get("val", losses["train"])
+        if not math.isfinite(value):
+            raise _nonfinite_error(step, value, lr, precision, config, what="evaluation loss")
+        result.val_losses.append((step, value))
 
     bar = None
     if config.progress:
@@ -370,20 +520,29 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
             lr = lr_schedule(step, lr=config.lr, min_lr=config.min_lr,
                              warmup_steps=config.warmup_steps, total_steps=total_est)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
+                group["lr"] = lr * group["lr_scale"]
+            loss_sum, aux_sum = 0.0, None
             for _ in range(config.grad_accum_steps):
                 batch = get_batch("train")
+                if "loss_parts" in raw.__dict__:
+                    raw.loss_parts = None  # so a stale value from an earlier forward is never logged
                 with ctx:
                     loss = compute_loss(step_model, batch)
-                loss_sum += loss.detach().float()
+                parts = getattr(raw, "loss_parts", None)
+                if isinstance(parts, dict) and parts.get("aux") is not None:
+                    aux = torch.as_tensor(parts["aux"]).detach().float().to(loss.device)
+                    if aux.numel() != 1:
+                        raise ValueError(f"model.loss_parts['aux'] must be a scalar, got shape {tuple(aux.shape)}")
+                    aux = aux.reshape(())
+                    aux_sum = aux if aux_sum is None else aux_sum + aux
+                loss_sum = loss_sum + loss.detach().float()
                 loss = loss / config.grad_accum_steps
                 (scaler.scale(loss) if scaler else loss).backward()
                 result.tokens += batch[0].numel()
             if scaler:
                 scaler.unscale_(optimizer)
             if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -391,14 +550,19 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            pending.append((step, (loss_sum / config.grad_accum_steps).reshape(()), lr))  # (1,)-shaped losses too
             if step % config.log_interval == 0 or step == 1:
-                value = (loss_sum / config.grad_accum_steps).item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the loss became {value} at step {step}; lower the learning rate")
+                extra = [] if aux_sum is None else [aux_sum / config.grad_accum_steps]
+                values = read_back(extra)
+                value = values[len(values) - len(extra) - 1]
                 result.train_losses.append((step, value))
+                if extra:
+                    result.aux_losses.append((step, values[-1]))
                 result.lrs.append((step, lr))
                 if bar is not None:
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+            elif len(pending) >= 256:  # a huge log_interval: bound the memory the pending losses hold
+                read_back()
             train_seconds += time.perf_counter() - t0
             if bar is not None:
                 bar.update(1)
@@ -413,6 +577,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
             if budget_done:
                 result.stopped_by = "time_budget"
                 break
+        read_back()
     finally:
         if bar is not None:
             bar.close()
@@ -432,6 +597,16 @@ def enable_gradient_checkpointing(blocks: Iterable[nn.Module], enabled: bool = T
     """
     from torch.utils.checkpoint import checkpoint
 
+    if isinstance(blocks, nn.Module) and not isinstance(blocks, nn.ModuleList):
+        blocks = [blocks]  # one block
+    try:
+        blocks = list(blocks)
+    except TypeError:
+        raise TypeError(f"blocks must be an iterable of nn.Modules such as model.blocks, got {type(blocks).__name__}") from None
+    if not all(isinstance(b, nn.Module) for b in blocks):
+        raise TypeError("blocks must be nn.Modules, e.g. model.blocks (an nn.ModuleList)")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
     for block in blocks:
         original = block.__dict__.get("_unckpt_forward")
         if not enabled:
@@ -452,239 +627,8 @@ def enable_gradient_checkpointing(blocks: Iterable[nn.Module], enabled: bool = T
         block.forward = wrapped
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-CHECKPOINT_FORMAT = "llm-internals/checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be trusted: truncated, tampered with, or for another model."""
-
-
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and raw bytes (in sorted name order)."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _tokenizer_to_text(tokenizer: Any) -> str | None:
-    """The tokenizer's file contents (a str is taken as already serialised)."""
-    if tokenizer is None or isinstance(tokenizer, str):
-        return tokenizer
-    if not hasattr(tokenizer, "save"):
-        raise TypeError(f"tokenizer must be None, a str, or have a .save(path) method; got {type(tokenizer).__name__}")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokenizer.json"
-        tokenizer.save(path)
-        files = sorted(Path(tmp).iterdir())
-        return files[0].read_text(encoding="utf-8") if len(files) == 1 else path.read_text(encoding="utf-8")
-
-
-def tokenizer_from_text(text: str):
-    """Rebuild a :class:`utils.tokenizer.BPETokenizer` from the text its ``save`` wrote."""
-    from utils.tokenizer import BPETokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokenizer.json"
-        path.write_text(text, encoding="utf-8")
-        return BPETokenizer.load(path)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, *, tokenizer: Any = None,
-                    metadata: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> str:
-    """Write model config + weights (+ tokenizer, metadata) to ``path`` atomically; return the weights' sha256.
-
-    ``model`` must have a dataclass ``config``. ``dtype`` optionally casts floating-point weights
-    (e.g. ``torch.bfloat16`` to halve the file); by default they are saved as they are.
-    ``tokenizer`` is an object with ``.save(path)`` (its file contents are embedded) or a str.
-    The write goes to a temporary file that is renamed into place, so a crash never leaves a
-    half-written checkpoint behind.
-    """
-    model = _unwrap(model)
-    config = getattr(model, "config", None)
-    if config is None or not dataclasses.is_dataclass(config):
-        raise TypeError(f"{type(model).__name__} has no dataclass .config; save_checkpoint needs one to rebuild the model")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if dtype is not None:
-        cast: dict[int, torch.Tensor] = {}
-        for k, v in state.items():  # keep tied weights tied (same storage, saved once)
-            if v.is_floating_point():
-                key = v.data_ptr()
-                cast.setdefault(key, v.to(dtype))
-                state[k] = cast[key]
-    digest = weights_sha256(state)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "model_class": type(model).__name__,
-        "config": dataclasses.asdict(config),
-        "state_dict": state,
-        "weights_sha256": digest,
-        "weights_dtype": str(next(iter(state.values())).dtype).replace("torch.", "") if state else None,
-        "tokenizer": _tokenizer_to_text(tokenizer),
-        "metadata": dict(metadata or {}),
-        "torch_version": str(torch.__version__),
-    }
-    _atomic_torch_save(payload, Path(path))
-    return digest
-
-
-@dataclass
-class LoadedCheckpoint:
-    """The result of :func:`load_checkpoint`: a ready model (eval mode) and what was stored with it."""
-
-    model: nn.Module
-    config: Any
-    metadata: dict[str, Any]
-    tokenizer_text: str | None
-    weights_sha256: str
-    path: Path
-
-    def tokenizer(self):
-        """The stored tokenizer rebuilt as a ``BPETokenizer`` (``None`` if none was stored)."""
-        return None if self.tokenizer_text is None else tokenizer_from_text(self.tokenizer_text)
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dictionary, after checking format and weights sha256 (no model built)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, pickle errors...
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            "Restore the file (e.g. `git checkout` it) or rebuild it (`make pretrain`)."
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is a torch file but not an LLM Internals checkpoint "
-                              f"(missing format marker {CHECKPOINT_FORMAT!r})")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {payload.get('format_version')}, "
-                              f"this code reads version {CHECKPOINT_VERSION}")
-    for key in ("config", "state_dict", "weights_sha256"):
-        if key not in payload:
-            raise CheckpointError(f"{path} lacks the field {key!r}; the file is damaged")
-    digest = weights_sha256(payload["state_dict"])
-    if digest != payload["weights_sha256"]:
-        raise CheckpointError(
-            f"{path}: the weights' sha256 is {digest[:16]}..., but the checkpoint records "
-            f"{payload['weights_sha256'][:16]}...: the weights were modified or corrupted after saving. "
-            "Restore the file or rebuild it (`make pretrain`)."
-        )
-    return payload
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint={a.get(k, '<missing>')!r} vs model={b.get(k, '<missing>')!r}"
-            for k in keys if a.get(k, "<missing>") != b.get(k, "<missing>")]
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None, *, model_cls: type | None = None,
-                    map_location: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32) -> LoadedCheckpoint:
-    """Load a checkpoint written by :func:`save_checkpoint`, verifying it first.
-
-    With ``model`` given, its config must equal the stored one (else :class:`CheckpointError`
-    listing the differing fields) and the weights are loaded into it. Without it, a model of the
-    stored class (looked up in ``utils.model`` unless ``model_cls`` is given) is built from the
-    stored config. Floating-point weights are converted to ``dtype`` (``None``: keep as stored).
-    The model is returned in eval mode.
-    """
-    path = Path(path)
-    payload = read_checkpoint(path, map_location=map_location)
-    stored = payload["config"]
-    if model is None:
-        if model_cls is None:
-            import utils.model as model_module
-
-            name = payload.get("model_class", "GPT")
-            model_cls = getattr(model_module, name, None)
-            if model_cls is None:
-                raise CheckpointError(f"{path} holds a {name!r}, which utils.model does not define")
-        config_cls = _config_class_for(model_cls)
-        try:
-            config = config_cls(**stored)
-        except TypeError as exc:
-            raise CheckpointError(f"{path}: the stored config does not fit {config_cls.__name__} ({exc}); "
-                                  "the checkpoint was written by a different version of utils/model.py") from exc
-        model = model_cls(config)
-    else:
-        model = _unwrap(model)
-        current = dataclasses.asdict(model.config)
-        diff = _config_diff(stored, current)
-        if diff:
-            raise CheckpointError(f"{path} was saved for a different model configuration:\n  " + "\n  ".join(diff)
-                                  + "\nBuild the model from the checkpoint instead: load_checkpoint(path).")
-        config = model.config
-    state = payload["state_dict"]
-    if dtype is not None:
-        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from exc
-    model.eval()
-    return LoadedCheckpoint(model=model, config=config, metadata=payload.get("metadata", {}),
-                            tokenizer_text=payload.get("tokenizer"), weights_sha256=payload["weights_sha256"],
-                            path=path)
-
-
-def _config_class_for(model_cls: type) -> type:
-    import inspect
-    import typing
-
-    if getattr(model_cls, "config_class", None) is not None:
-        return model_cls.config_class
-    hints = typing.get_type_hints(model_cls.__init__)
-    cls = hints.get("config")
-    if cls is None:
-        params = list(inspect.signature(model_cls.__init__).parameters.values())[1:]
-        raise CheckpointError(f"cannot tell which config class {model_cls.__name__} takes (parameters {params})")
-    return cls
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 __all__ = [
-    "TrainConfig", "TrainResult", "train", "lr_schedule", "SAMPLINGS", "configure_optimizer", "autocast_context",
-    "resolve_precision", "cpu_has_fast_bf16", "estimate_loss", "LiveLossPlot",
-    "enable_gradient_checkpointing", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-    "LoadedCheckpoint", "CheckpointError", "weights_sha256", "file_sha256", "text_sha256",
-    "tokenizer_from_text",
+    "TrainConfig", "TrainResult", "train", "lr_schedule", "SAMPLINGS", "configure_optimizer",
+    "default_param_groups", "resolve_param_groups", "estimate_loss", "default_loss", "LiveLossPlot",
+    "enable_gradient_checkpointing",
 ]

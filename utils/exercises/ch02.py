@@ -8,96 +8,133 @@ from utils.exercises import Exercise
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. The causal mask
+# 1. A sliding window with attention sinks (StreamingLLM)
 # ---------------------------------------------------------------------------------------------
 
-def _test_causal_mask(fn):
+def _sink_mask(T, window, n_sink):
     import torch
 
-    for T in (5, 2, 17, 1):  # T = 1 last: there an inverted mask and a missing diagonal look alike
-        got = fn(T)
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    return (j <= i) & ((j > i - window) | (j < n_sink))
+
+
+def _test_sink_window_mask(fn):
+    import torch
+
+    for T, window, n_sink in ((8, 3, 2), (6, 2, 1), (10, 4, 0), (5, 10, 2), (7, 1, 3)):
+        got = fn(T, window, n_sink)
         assert isinstance(got, torch.Tensor), f"return a torch.Tensor, got {type(got).__name__}"
-        assert got.shape == (T, T), f"causal_mask({T}) has shape {tuple(got.shape)}, expected ({T}, {T})"
-        assert got.dtype == torch.bool, (f"return a boolean mask (True = may attend), got dtype {got.dtype}; "
-                                         "convert with .bool()")
-        expected = torch.ones(T, T).tril().bool()
-        if not torch.equal(got, expected):
-            if torch.equal(got, ~expected):
-                raise AssertionError("your mask is inverted: True must mean 'may attend' (the lower "
-                                     "triangle and the diagonal), False 'must not'")
-            if torch.equal(got, expected.T):
-                raise AssertionError("your mask is transposed: row i (the query) may attend to columns "
-                                     "j <= i (the keys), so the True entries are in the LOWER triangle")
-            if torch.equal(got, torch.ones(T, T).tril(-1).bool()):
-                raise AssertionError("a token must be allowed to attend to itself: keep the diagonal")
-            raise AssertionError(f"causal_mask({T}) differs from the expected lower-triangular mask")
+        assert got.shape == (T, T), f"sink_window_mask({T}, {window}, {n_sink}) has shape {tuple(got.shape)}"
+        assert got.dtype == torch.bool, f"return a boolean mask (True = may attend), got dtype {got.dtype}"
+        expected = _sink_mask(T, window, n_sink)
+        if torch.equal(got, expected):
+            continue
+        i = torch.arange(T)[:, None]
+        j = torch.arange(T)[None, :]
+        if torch.equal(got, (j > i - window) | (j < n_sink)):
+            raise AssertionError(f"T={T}, window={window}, n_sink={n_sink}: the sinks must stay causal too: a query "
+                                 "at position 0 cannot see sink token 1 (j <= i always)")
+        if torch.equal(got, (j <= i) & (j > i - window)):
+            raise AssertionError(f"T={T}, window={window}, n_sink={n_sink}: that is the plain sliding window; the "
+                                 f"first {n_sink} tokens must stay visible to every later query")
+        if torch.equal(got, (j <= i) & ((j >= i - window) | (j < n_sink))):
+            raise AssertionError(f"T={T}, window={window}: each query's window holds {window + 1} keys; a window of "
+                                 f"{window} means the query itself and the {window - 1} before it")
+        raise AssertionError(f"T={T}, window={window}, n_sink={n_sink}: wrong mask; query i may see key j when "
+                             "j <= i and (j > i - window or j < n_sink)")
 
 
-causal_mask = Exercise(
-    title="build the causal mask",
-    test=_test_causal_mask,
-    hint="query i may look at keys j <= i: torch.tril of a (T, T) matrix of ones, as booleans",
+sink_window_mask = Exercise(
+    title="a sliding window with attention sinks",
+    test=_test_sink_window_mask,
+    hint=("StreamingLLM (Xiao et al. 2023) found that a model run with a plain sliding window breaks once the "
+          "first tokens leave the window, because many heads park their attention on them; keeping the first "
+          "few tokens visible to every query (the 'sinks') fixes it"),
+    hint2=("start from the notebook's band mask (key j <= query i and j > i - window) and OR in the sink "
+           "columns j < n_sink, without losing causality"),
     solution_code='''
 import torch
 
-def causal_mask(T):
-    return torch.tril(torch.ones(T, T, dtype=torch.bool))
+def sink_window_mask(T, window, n_sink):
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    return (j <= i) & ((j > i - window) | (j < n_sink))
 ''',
-    answer_name="causal_mask",
+    wrong_code='''
+import torch
+
+def sink_window_mask(T, window, n_sink):
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    return ((j <= i) & (j > i - window)) | (j < n_sink)   # the sinks leak into the past of early queries
+''',
+    answer_name="sink_window_mask",
 )
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Softmax attention for one head
+# 2. Merge two blocks of an online softmax (the heart of flash attention)
 # ---------------------------------------------------------------------------------------------
 
-def _test_attention_one_head(fn):
+def _block_stats(scores, v):
     import torch
-    import torch.nn.functional as F
+
+    m = scores.max(dim=-1).values
+    p = torch.exp(scores - m[:, None])
+    return m, p.sum(-1), p @ v
+
+
+def _test_merge_softmax_blocks(fn):
+    import torch
 
     g = torch.Generator().manual_seed(0)
-    for Tq, Tk, d, dv in ((1, 1, 4, 4), (5, 5, 8, 8), (3, 7, 16, 5)):
-        q = torch.randn(Tq, d, generator=g)
-        k = torch.randn(Tk, d, generator=g)
-        v = torch.randn(Tk, dv, generator=g)
-        got = fn(q, k, v)
-        assert isinstance(got, torch.Tensor), f"return a torch.Tensor, got {type(got).__name__}"
-        assert got.shape == (Tq, dv), (f"with q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
-                                       f"the output has shape {tuple(got.shape)}, expected ({Tq}, {dv})")
-        expected = F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
-        if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
-            unscaled = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=1.0)[0]
-            if torch.allclose(got, unscaled, atol=1e-5, rtol=1e-4):
-                raise AssertionError("you forgot the scale: divide the scores by sqrt(d) before the softmax")
-            raise AssertionError(f"output differs from softmax(q k^T / sqrt(d)) v by up to "
-                                 f"{(got - expected).abs().max().item():.3g} (Tq={Tq}, Tk={Tk}, d={d}); "
-                                 "is the softmax taken over the keys (the last dimension)?")
-        mask = torch.rand(Tq, Tk, generator=g) > 0.4
-        mask[:, 0] = True  # every query sees at least one key
-        got = fn(q, k, v, mask)
-        expected = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask[None])[0]
-        if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
-            raise AssertionError("with a mask the output is wrong: set the scores where mask is False to "
-                                 "-inf BEFORE the softmax (masked_fill(~mask, float('-inf')))")
+    for Tq, k1, k2, d, shift in ((3, 4, 5, 8, 0.0), (1, 1, 1, 2, 0.0), (4, 6, 2, 3, 80.0)):
+        scores = torch.randn(Tq, k1 + k2, generator=g, dtype=torch.float64) * 3
+        scores[:, k1:] += shift  # the second block's scores are much larger: the maxima differ a lot
+        v = torch.randn(k1 + k2, d, generator=g, dtype=torch.float64)
+        b1 = _block_stats(scores[:, :k1], v[:k1])
+        b2 = _block_stats(scores[:, k1:], v[k1:])
+        got = fn(*b1, *b2)
+        assert isinstance(got, tuple) and len(got) == 3, "return a tuple (m, l, acc)"
+        m, l, acc = got
+        ref_m, ref_l, ref_acc = _block_stats(scores, v)
+        assert m.shape == (Tq,) and l.shape == (Tq,) and acc.shape == (Tq, d), (
+            f"shapes: m and l ({Tq},), acc ({Tq}, {d}); got {tuple(m.shape)}, {tuple(l.shape)}, {tuple(acc.shape)}")
+        assert torch.allclose(m, ref_m), "m must be the running maximum: the larger of the two blocks' maxima"
+        assert torch.isfinite(l).all() and torch.isfinite(acc).all(), (
+            "you got inf/NaN: never exponentiate a raw score; only differences of maxima (which are <= 0)")
+        assert torch.allclose(l, ref_l, rtol=1e-9), (
+            "l is wrong: each block's sum was taken relative to ITS OWN max; rescale it by exp(m_block - m) "
+            "before adding")
+        assert torch.allclose(acc, ref_acc, rtol=1e-9, atol=1e-12), (
+            "acc is wrong: rescale each block's accumulator by exp(m_block - m) too")
+        out = acc / l[:, None]
+        assert torch.allclose(out, torch.softmax(scores, -1) @ v, rtol=1e-9, atol=1e-12)
 
 
-attention_one_head = Exercise(
-    title="softmax attention for one head",
-    test=_test_attention_one_head,
-    hint="scores = q @ k.T / sqrt(d); masked_fill(~mask, -inf) when a mask is given; "
-         "softmax over the last dim; then weights @ v",
+merge_softmax_blocks = Exercise(
+    title="merge two online-softmax blocks",
+    test=_test_merge_softmax_blocks,
+    hint=("each block kept its scores' max m, the sum l of exp(score - m) and acc = sum of exp(score - m) * v; "
+          "to combine them, express both relative to one common maximum"),
+    hint2=("m = max(m1, m2); a1 = exp(m1 - m), a2 = exp(m2 - m); l = l1 * a1 + l2 * a2; "
+           "acc = acc1 * a1[:, None] + acc2 * a2[:, None]"),
     solution_code='''
-import math
 import torch
 
-def attention_one_head(q, k, v, mask=None):
-    scores = q @ k.T / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    return weights @ v
+def merge_softmax_blocks(m1, l1, acc1, m2, l2, acc2):
+    m = torch.maximum(m1, m2)
+    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)
+    return m, l1 * a1 + l2 * a2, acc1 * a1[:, None] + acc2 * a2[:, None]
 ''',
-    answer_name="attention_one_head",
+    wrong_code='''
+import torch
+
+def merge_softmax_blocks(m1, l1, acc1, m2, l2, acc2):
+    return torch.maximum(m1, m2), l1 + l2, acc1 + acc2   # forgets to rescale to the common max
+''',
+    answer_name="merge_softmax_blocks",
 )
 
 
@@ -106,9 +143,10 @@ def attention_one_head(q, k, v, mask=None):
 # ---------------------------------------------------------------------------------------------
 
 def _kv_cache_bytes(config, seq_len, batch_size=1, bytes_per_value=2):
-    n_kv_head = config.n_head if config.n_kv_head is None else config.n_kv_head
-    head_dim = config.n_embd // config.n_head
-    return 2 * config.n_layer * n_kv_head * head_dim * seq_len * batch_size * bytes_per_value
+    from utils.kv_cache import kv_cache_bytes
+
+    return kv_cache_bytes(config.n_layer, config.resolved_n_kv_head, config.head_dim, seq_len, batch_size,
+                          bytes_per_value)
 
 
 def _test_kv_cache_bytes(fn):
@@ -146,8 +184,15 @@ def _test_kv_cache_bytes(fn):
 kv_cache_bytes = Exercise(
     title="compute the KV-cache size for a config",
     test=_test_kv_cache_bytes,
-    hint="each layer stores a K and a V vector of head_dim = n_embd // n_head numbers per KV head, per token, "
-         "per sequence; n_kv_head=None means n_head KV heads",
+    hint="the cache keeps, for every layer and every past token of every sequence, the keys and the values "
+         "of each key/value head",
+    hint2="each layer stores a K and a V vector of head_dim = n_embd // n_head numbers per KV head, per token, "
+          "per sequence; n_kv_head=None means n_head KV heads",
+    wrong_code='''
+def kv_cache_bytes(config, seq_len, batch_size=1, bytes_per_value=2):
+    head_dim = config.n_embd // config.n_head
+    return 2 * config.n_layer * config.n_head * head_dim * seq_len * batch_size * bytes_per_value  # every query head
+''',
     solution_code='''
 def kv_cache_bytes(config, seq_len, batch_size=1, bytes_per_value=2):
     n_kv_head = config.n_head if config.n_kv_head is None else config.n_kv_head
@@ -193,8 +238,18 @@ def _test_causal_padding_mask(fn):
 causal_padding_mask = Exercise(
     title="causal + padding mask for a left-padded batch",
     test=_test_causal_padding_mask,
-    hint="AND the (T, T) causal mask with a (B, 1, 1, T) 'key is a real token' mask: "
-         "arange(T) >= T - lengths[:, None]",
+    hint="two rules at once: a query sees no future key, and no query sees a padding key; with LEFT padding "
+         "the real tokens of a sequence of length n are its last n positions",
+    hint2="AND the (T, T) causal mask with a (B, 1, 1, T) 'key is a real token' mask: "
+          "arange(T) >= T - lengths[:, None]",
+    wrong_code='''
+import torch
+
+def causal_padding_mask(lengths, T):
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    real_key = torch.arange(T)[None, :] < lengths[:, None]             # as if padded on the right
+    return causal[None, None] & real_key[:, None, None, :]
+''',
     solution_code='''
 import torch
 

@@ -1,74 +1,99 @@
-"""Exercises of notebook 03 (transformer blocks)."""
+"""Exercises of notebook 03 (transformer blocks): count and cost configurations the notebook did not."""
 
 import torch
 
 from utils.exercises import Exercise
 
 
-def _test_rms_norm(fn):
-    from utils.model import RMSNorm
+def _llama_config(vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden):
+    from utils.model import GPTConfig
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 16, generator=g) * 3 + 2  # an offset: RMSNorm must NOT subtract the mean
-    norm = RMSNorm(16, eps=1e-5)
-    with torch.no_grad():
-        norm.weight.copy_(torch.rand(16, generator=g) + 0.5)
-        expected = norm(x)
-    got = fn(x, norm.weight.detach(), 1e-5)
-    assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
-    assert got.shape == x.shape, f"the output must keep the input's shape {tuple(x.shape)}, got {tuple(got.shape)}"
-    centred = torch.nn.functional.layer_norm(x, (16,), norm.weight.detach(), None, 1e-5)
-    assert not torch.allclose(got, centred, atol=1e-3), "that is LayerNorm: RMSNorm does not subtract the mean"
-    assert torch.allclose(got, expected, atol=1e-5), (
-        "values differ from RMSNorm: divide by sqrt(mean(x**2) over the last dim + eps), then multiply by weight")
+    return GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     n_kv_head=n_kv_head, ffn_hidden=ffn_hidden, norm="rmsnorm", mlp="swiglu", pos="rope",
+                     bias=False, tie_weights=False)
 
 
-rms_norm = Exercise(
-    title="RMSNorm by hand",
-    test=_test_rms_norm,
-    hint="x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight",
+def _test_llama_param_count(fn):
+    from utils.params import count_parameters
+
+    got = fn(32000, 32, 4096, 32, 32, 11008)
+    assert got == 6_738_415_616, (f"Llama-2-7B (vocab 32000, 32 layers, width 4096, 32 heads, FFN 11008) has "
+                                  f"6,738,415,616 parameters; got {got!r}")
+    for args in [(100, 1, 16, 4, 2, 40), (512, 3, 64, 8, 1, 176), (32000, 2, 256, 8, 4, 688)]:
+        expected = count_parameters(_llama_config(*args))
+        got = fn(*args)
+        if got != expected:
+            vocab, n_layer, d, n_head, n_kv_head, hidden = args
+            head_dim = d // n_head
+            if got - expected == n_layer * 2 * d * (d - n_kv_head * head_dim):
+                raise AssertionError(f"{args}: with {n_kv_head} key/value heads the k and v projections map d={d} "
+                                     f"to n_kv_head * head_dim = {n_kv_head * head_dim}, not to d")
+            raise AssertionError(f"(vocab, n_layer, n_embd, n_head, n_kv_head, ffn_hidden) = {args}: expected "
+                                 f"{expected:,}, got {got!r}")
+
+
+llama_param_count = Exercise(
+    title="count a Llama-style model's parameters",
+    test=_test_llama_param_count,
+    hint=("list what differs from GPT-2: no biases, RMSNorm has only a weight, SwiGLU has three matrices, "
+          "grouped-query attention shrinks k and v, RoPE has no position table, the output layer is not tied"),
+    hint2=("per layer: q and out d*d each, k and v d*(n_kv_head*head_dim) each, SwiGLU 3*d*ffn_hidden, two norms "
+           "d each; plus embeddings vocab*d, a final norm d and an untied lm_head vocab*d"),
     solution_code='''
-import torch
-
-def rms_norm(x, weight, eps=1e-5):
-    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+def llama_param_count(vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden):
+    d, head_dim = n_embd, n_embd // n_head
+    attention = 2 * d * d + 2 * d * n_kv_head * head_dim   # q, out; k, v (grouped-query)
+    mlp = 3 * d * ffn_hidden                               # gate, up, down
+    norms = 2 * d                                          # two RMSNorm weights
+    return vocab_size * d + n_layer * (attention + mlp + norms) + d + vocab_size * d
 ''',
-    answer_name="rms_norm",
+    wrong_code='''
+def llama_param_count(vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden):
+    d = n_embd
+    attention = 4 * d * d                                  # as if every head had its own k and v
+    return vocab_size * d + n_layer * (attention + 3 * d * ffn_hidden + 2 * d) + d + vocab_size * d
+''',
+    answer_name="llama_param_count",
 )
 
 
-def _test_swiglu(fn):
-    from utils.model import MLP, GPTConfig
+def _test_ffn_flops(fn):
+    cases = [(768, 3072, "gelu", 2 * 2 * 768 * 3072), (4096, 11008, "swiglu", 2 * 3 * 4096 * 11008),
+             (64, 256, "relu", 2 * 2 * 64 * 256), (192, 512, "swiglu", 2 * 3 * 192 * 512)]
+    for d, hidden, kind, expected in cases:
+        got = fn(d, hidden, kind)
+        if got == expected:
+            continue
+        if got * 2 == expected:
+            raise AssertionError(f"d={d}, hidden={hidden}, {kind}: got {got:,}, half the answer: a multiply-add "
+                                 "is 2 floating-point operations")
+        if kind == "swiglu" and got == 2 * 2 * d * hidden:
+            raise AssertionError(f"SwiGLU has THREE matrices (gate, up, down), not two")
+        raise AssertionError(f"d={d}, hidden={hidden}, {kind}: expected {expected:,} FLOPs per token, got {got!r}")
 
-    torch.manual_seed(0)
-    mlp = MLP(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=2, n_embd=24, mlp="swiglu", bias=False))
-    x = torch.randn(3, 4, 24)
-    with torch.no_grad():
-        expected = mlp(x)
-        w_gate, w_up = mlp.gate_up_proj.weight.chunk(2, dim=0)  # stacked in one nn.Linear
-        got = fn(x, w_gate, w_up, mlp.down_proj.weight)
-    assert isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}"
-    assert got.shape == x.shape, f"the output must have the input's shape {tuple(x.shape)}, got {tuple(got.shape)}"
-    assert torch.allclose(got, expected, atol=1e-5), (
-        "values differ: gate with silu(x @ w_gate.T), multiply by x @ w_up.T, then project with w_down.T")
 
-
-swiglu = Exercise(
-    title="the SwiGLU feed-forward network",
-    test=_test_swiglu,
-    hint="nn.Linear computes x @ W.T; SwiGLU is (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T",
+ffn_flops_per_token = Exercise(
+    title="FLOPs per token of a feed-forward network",
+    test=_test_ffn_flops,
+    hint=("a token's vector goes through each weight matrix of the MLP once; a matrix of m x n weights costs one "
+          "multiply and one add per weight; the activation itself is negligible"),
+    hint2="2 * (number of weights): gelu/relu have 2 * d * hidden weights (up, down), swiglu 3 * d * hidden",
     solution_code='''
-import torch.nn.functional as F
-
-def swiglu(x, w_gate, w_up, w_down):
-    return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+def ffn_flops_per_token(n_embd, hidden, kind):
+    n_matrices = 3 if kind == "swiglu" else 2
+    return 2 * n_matrices * n_embd * hidden
 ''',
-    answer_name="swiglu",
+    wrong_code='''
+def ffn_flops_per_token(n_embd, hidden, kind):
+    return 2 * 2 * n_embd * hidden   # forgets SwiGLU's third matrix
+''',
+    answer_name="ffn_flops_per_token",
 )
 
 
 def _test_gpt2_param_count(fn):
-    from utils.model import GPTConfig, count_parameters
+    from utils.model import GPTConfig
+    from utils.params import count_parameters
 
     assert fn(50257, 1024, 12, 768) == 124_439_808, (
         f"GPT-2 small should give 124,439,808, got {fn(50257, 1024, 12, 768)!r}")
@@ -83,8 +108,16 @@ def _test_gpt2_param_count(fn):
 gpt2_param_count = Exercise(
     title="count GPT-2's parameters by hand",
     test=_test_gpt2_param_count,
-    hint=("embeddings (vocab + block) * d; per layer: attention 4*d*d + 4*d, MLP 8*d*d + 5*d, two LayerNorms 4*d; "
-          "a final LayerNorm 2*d; the output layer is tied (0 extra)"),
+    hint=("go through the model top to bottom: embeddings, then per block the attention projections, the MLP "
+          "and the norms, then the final norm and the output layer; weights AND biases; a tied matrix counts once"),
+    hint2=("embeddings (vocab + block) * d; per layer: attention 4*d*d + 4*d, MLP 8*d*d + 5*d, two LayerNorms 4*d; "
+           "a final LayerNorm 2*d; the output layer is tied (0 extra)"),
+    wrong_code='''
+def gpt2_param_count(vocab_size, block_size, n_layer, n_embd):
+    d = n_embd
+    per_layer = 4 * d * d + 8 * d * d      # attention and MLP matrices, but no biases or norms
+    return (vocab_size + block_size) * d + n_layer * per_layer
+''',
     solution_code='''
 def gpt2_param_count(vocab_size, block_size, n_layer, n_embd):
     d = n_embd
@@ -95,30 +128,4 @@ def gpt2_param_count(vocab_size, block_size, n_layer, n_embd):
     return embeddings + n_layer * (attention + mlp + norms) + 2 * d   # + final LayerNorm
 ''',
     answer_name="gpt2_param_count",
-)
-
-
-def _test_kv_cache_bytes(fn):
-    from utils.model import KVCache
-
-    cache = KVCache(n_layer=3, batch_size=2, n_kv_head=4, max_len=10, head_dim=8, dtype=torch.float32)
-    expected = cache.k.numel() * cache.k.element_size() * 2
-    got = fn(3, 4, 8, 10, 2, 4)
-    assert got == expected, f"a fp32 cache of 3 layers, 4 kv heads, head_dim 8, 10 tokens, batch 2 holds {expected} bytes, got {got!r}"
-    llama = fn(32, 32, 128, 4096, 1, 2)
-    assert llama == 2 * 32 * 32 * 128 * 4096 * 2, (
-        f"Llama-2-7B at 4096 tokens in bf16 needs exactly 2 GiB (2,147,483,648 bytes), got {llama!r}; "
-        "did you count both keys and values?")
-    assert fn(32, 8, 128, 4096, 1, 2) == llama // 4, "with 8 key/value heads instead of 32 the cache is 4x smaller"
-
-
-kv_cache_bytes = Exercise(
-    title="the size of a KV cache",
-    test=_test_kv_cache_bytes,
-    hint="keys AND values: 2 * n_layer * n_kv_head * head_dim * seq_len * batch_size * bytes_per_value",
-    solution_code='''
-def kv_cache_bytes(n_layer, n_kv_head, head_dim, seq_len, batch_size=1, bytes_per_value=2):
-    return 2 * n_layer * n_kv_head * head_dim * seq_len * batch_size * bytes_per_value
-''',
-    answer_name="kv_cache_bytes",
 )

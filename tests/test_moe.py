@@ -1,0 +1,303 @@
+"""The Mixture-of-Experts layer (utils/moe.py): routing, losses, capacity, dispatch designs, bad configs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.moe import (DISPATCHES, ROUTERS, Experts, MoEConfig, MoELayer, TopKRouter, balance_loss, capacity,
+                       moe_parameter_counts, z_loss)
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def _layer(seed=0, **kw) -> MoELayer:
+    torch.manual_seed(seed)
+    cfg = dict(n_embd=16, n_expert=4, top_k=2, expert_hidden=24)
+    cfg.update(kw)
+    layer = MoELayer(MoEConfig(**cfg))
+    _randomise(layer, seed)
+    return layer.eval()
+
+
+def _swiglu(x, w_in, w_out):
+    gate, up = F.linear(x, w_in).chunk(2, -1)
+    return F.linear(F.silu(gate) * up, w_out)
+
+
+# -- gradients --------------------------------------------------------------------------------------
+
+def test_aux_loss_alone_gives_the_router_a_gradient():
+    layer = _layer().train()
+    _, stats = layer(torch.randn(2, 12, 16))
+    stats["aux_loss"].backward()
+    g = layer.router.weight.grad
+    assert g is not None and g.abs().sum() > 0
+    # the balance loss alone also reaches the router (through P, the mean router probability)
+    layer.zero_grad()
+    _, stats = layer(torch.randn(2, 12, 16))
+    stats["balance_loss"].backward()
+    assert layer.router.weight.grad.abs().sum() > 0
+    assert layer.experts.w_in.grad is None or layer.experts.w_in.grad.abs().sum() == 0
+
+
+def test_experts_get_gradients_only_from_the_tokens_routed_to_them():
+    layer = _layer(n_expert=6, top_k=2)
+    x = torch.randn(1, 10, 16)
+    _, stats = layer(x)
+    for t in range(10):
+        layer.zero_grad()
+        y, _ = layer(x)
+        y[0, t].sum().backward()
+        chosen = set(stats["expert_index"][0, t].tolist())
+        for e in range(6):
+            g_in = layer.experts.w_in.grad[e].abs().sum().item()
+            g_out = layer.experts.w_out.grad[e].abs().sum().item()
+            if e in chosen:
+                assert g_in > 0 and g_out > 0
+            else:
+                assert g_in == 0 and g_out == 0
+
+
+# -- the load-balancing loss and the z-loss ---------------------------------------------------------
+
+def test_balanced_routing_gives_the_balance_loss_its_minimum_of_one():
+    n, E = 64, 8
+    probs = torch.full((n, E), 1 / E)
+    mask = F.one_hot(torch.arange(n) % E, E).bool()
+    assert balance_loss(probs, mask).item() == pytest.approx(1.0, abs=1e-6)
+    # one expert takes everything, with probability 1: N
+    collapsed = F.one_hot(torch.zeros(n, dtype=torch.long), E).float()
+    assert balance_loss(collapsed, collapsed.bool()).item() == pytest.approx(E)
+    # a family of increasingly skewed routers, top-2: the loss grows toward E / 2 (two experts share
+    # every assignment, the top one with probability ~1)
+    values = []
+    for s in (0.0, 1.0, 2.0, 4.0, 8.0):
+        logits = torch.randn(n, E, generator=torch.Generator().manual_seed(0)) + s * torch.arange(E).float()
+        p = logits.softmax(-1)
+        m = torch.zeros(n, E, dtype=torch.bool).scatter_(1, p.topk(2, -1).indices, True)
+        values.append(balance_loss(p, m).item())
+    assert values[0] >= 1.0 - 1e-6
+    assert values == sorted(values) and values[-1] == pytest.approx(E / 2, rel=0.01)
+
+
+def test_z_loss_is_the_mean_squared_logsumexp_and_reaches_the_router():
+    logits = torch.randn(5, 4)
+    assert z_loss(logits).item() == pytest.approx((torch.logsumexp(logits, -1) ** 2).mean().item(), rel=1e-6)
+    layer = _layer(aux_loss_coef=0.0, z_loss_coef=1.0)
+    layer.train()
+    _, stats = layer(torch.randn(2, 5, 16))
+    assert torch.allclose(stats["aux_loss"], stats["z_loss"])
+    stats["aux_loss"].backward()
+    assert layer.router.weight.grad.abs().sum() > 0
+
+
+def test_aux_loss_is_weighted_by_the_coefficients():
+    layer = _layer(aux_loss_coef=0.25, z_loss_coef=0.5)
+    _, s = layer(torch.randn(2, 7, 16))
+    assert s["aux_loss"].item() == pytest.approx(0.25 * s["balance_loss"].item() + 0.5 * s["z_loss"].item(), rel=1e-6)
+
+
+# -- equalities with dense layers ---------------------------------------------------------------------
+
+def test_one_expert_top1_equals_the_dense_swiglu_mlp():
+    from utils.model import MLP, GPTConfig
+
+    layer = _layer(n_expert=1, top_k=1, expert_hidden=40)
+    mlp = MLP(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=16, mlp="swiglu", bias=False,
+                        ffn_hidden=40)).eval()
+    with torch.no_grad():
+        mlp.gate_up_proj.weight.copy_(layer.experts.w_in[0])
+        mlp.down_proj.weight.copy_(layer.experts.w_out[0])
+    x = torch.randn(3, 9, 16)
+    y, stats = layer(x)
+    torch.testing.assert_close(y, mlp(x), rtol=1e-5, atol=1e-6)
+    assert stats["tokens_per_expert"].tolist() == [27] and stats["balance_loss"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_top_k_equal_to_n_expert_is_the_probability_weighted_mixture(dispatch):
+    layer = _layer(n_expert=4, top_k=4, dispatch=dispatch)
+    x = torch.randn(2, 6, 16)
+    y, _ = layer(x)
+    flat = x.reshape(-1, 16)
+    probs = F.linear(flat, layer.router.weight).softmax(-1)
+    ref = sum(probs[:, e:e + 1] * _swiglu(flat, layer.experts.w_in[e], layer.experts.w_out[e]) for e in range(4))
+    torch.testing.assert_close(y.reshape(-1, 16), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_top2_weights_are_renormalised_and_top1_keeps_the_raw_probability():
+    router = TopKRouter(8, 5, top_k=2)
+    _randomise(router)
+    x = torch.randn(11, 8)
+    r = router(x)
+    torch.testing.assert_close(r.weight.sum(-1), torch.ones(11))
+    torch.testing.assert_close(r.weight, r.probs.gather(1, r.index) / r.probs.gather(1, r.index).sum(-1, keepdim=True))
+    r1 = TopKRouter(8, 5, top_k=1)
+    _randomise(r1)
+    out = r1(x)
+    torch.testing.assert_close(out.weight[:, 0], out.probs.max(-1).values)
+
+
+# -- dispatch designs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("router", ROUTERS)
+@pytest.mark.parametrize("capacity_factor", [None, 1.0, 0.5])
+def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacity_factor):
+    x = torch.randn(3, 10, 16)
+    results = []
+    for dispatch in DISPATCHES:
+        layer = _layer(seed=3, n_expert=5, router=router, capacity_factor=capacity_factor, dispatch=dispatch,
+                       n_shared_expert=1, hybrid=True)
+        xi = x.clone().requires_grad_(True)
+        y, stats = layer(xi)
+        (y.square().sum() + stats["aux_loss"]).backward()
+        results.append((y.detach(), xi.grad, layer.experts.w_in.grad, layer.router.weight.grad, stats["dropped"]))
+    for other in results[1:]:
+        for a, b in zip(results[0][:4], other[:4]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert other[4] == results[0][4]
+
+
+# -- capacity --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("capacity_factor", [0.25, 0.5, 1.0, 1.25, 2.0])
+def test_capacity_is_never_exceeded(dispatch, capacity_factor):
+    layer = _layer(seed=1, n_expert=4, top_k=2, capacity_factor=capacity_factor, dispatch=dispatch)
+    with torch.no_grad():
+        layer.router.weight[0] += 2.0  # skew the router so that some experts overflow
+    x = torch.randn(4, 16, 16)
+    _, stats = layer(x)
+    cap = capacity(64, 4, 2, capacity_factor)
+    assert cap == math.ceil(capacity_factor * 64 * 2 / 4)
+    assert int(stats["kept_per_expert"].max()) <= cap
+    over = (stats["tokens_per_expert"] - cap).clamp(min=0).sum().item()
+    assert stats["dropped"] == over
+    assert stats["dropped_fraction"] == pytest.approx(over / 128)
+
+
+def _constructed_layer(dispatch="sort"):
+    """4 experts, top-1, width 4; tokens 0-5 go to expert 0 and tokens 6-7 to expert 1."""
+    layer = MoELayer(MoEConfig(n_embd=4, n_expert=4, top_k=1, expert_hidden=3, capacity_factor=1.0,
+                               dispatch=dispatch)).eval()
+    _randomise(layer.experts)
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(4) * 10)
+    x = torch.zeros(1, 8, 4)
+    x[0, :6, 0] = 1.0
+    x[0, 6:, 1] = 1.0
+    return layer, x
+
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_dropped_tokens_are_counted_exactly_and_add_nothing(dispatch):
+    layer, x = _constructed_layer(dispatch)
+    y, stats = layer(x)
+    # 8 tokens x top-1 / 4 experts x capacity factor 1 = 2 slots per expert: expert 0 keeps tokens 0 and 1
+    assert stats["tokens_per_expert"].tolist() == [6, 2, 0, 0]
+    assert stats["kept_per_expert"].tolist() == [2, 2, 0, 0]
+    assert stats["dropped"] == 4 and stats["dropped_fraction"] == 0.5 and stats["unrouted_tokens"] == 4
+    assert torch.all(y[0, 2:6] == 0)  # dropped: the block's residual carries them through unchanged
+    assert torch.all(y[0, [0, 1, 6, 7]].abs().sum(-1) > 0)
+    p = torch.softmax(torch.tensor([10.0, 0, 0, 0]), 0)[0]
+    torch.testing.assert_close(y[0, 0], p * layer.experts.expert(0, x[0, 0]))
+
+
+def test_expert_choice_fills_every_expert_exactly_and_skips_the_balance_loss():
+    layer = _layer(router="expert_choice", capacity_factor=1.0)
+    _, stats = layer(torch.randn(2, 10, 16))
+    assert stats["tokens_per_expert"].tolist() == [10, 10, 10, 10]  # 20 tokens x 2 / 4 experts
+    assert stats["dropped"] == 0 and "expert_index" not in stats
+    assert stats["aux_loss"].item() == pytest.approx(layer.config.z_loss_coef * stats["z_loss"].item())
+    assert stats["unrouted_tokens"] == int((stats["expert_mask"].sum(-1) == 0).sum())
+
+
+def test_noisy_topk_is_random_in_training_and_deterministic_in_eval():
+    layer = _layer(router="noisy_topk")
+    with torch.no_grad():
+        layer.router.noise.weight.fill_(1.0)
+    x = torch.randn(2, 30, 16)
+    torch.testing.assert_close(layer(x)[0], layer(x)[0])
+    layer.train()
+    a, b = layer(x)[1]["expert_index"], layer(x)[1]["expert_index"]
+    assert not torch.equal(a, b)
+
+
+# -- shared experts, hybrid, parameter counts --------------------------------------------------------------
+
+def test_shared_experts_are_added_to_every_token():
+    layer = _layer(n_shared_expert=2)
+    ref = _layer(n_shared_expert=0)
+    with torch.no_grad():
+        ref.router.weight.copy_(layer.router.weight)
+        ref.experts.w_in.copy_(layer.experts.w_in)
+        ref.experts.w_out.copy_(layer.experts.w_out)
+    x = torch.randn(2, 5, 16)
+    shared = _swiglu(x, layer.shared.w_in[0], layer.shared.w_out[0])
+    torch.testing.assert_close(layer(x)[0], ref(x)[0] + shared, rtol=1e-5, atol=1e-6)
+    assert layer.shared.w_out.shape == (1, 16, 48)  # one MLP of width n_shared_expert * expert_hidden
+
+
+def test_hybrid_mixes_moe_and_dense_with_learned_softmax_coefficients():
+    layer = _layer(hybrid=True, dense_hidden=32)
+    ref = _layer(hybrid=False)
+    with torch.no_grad():
+        ref.router.weight.copy_(layer.router.weight)
+        ref.experts.w_in.copy_(layer.experts.w_in)
+        ref.experts.w_out.copy_(layer.experts.w_out)
+    x = torch.randn(2, 5, 16)
+    c = layer.coefficient(x).softmax(-1)
+    dense = _swiglu(x, layer.dense.w_in[0], layer.dense.w_out[0])
+    torch.testing.assert_close(layer(x)[0], ref(x)[0] * c[..., :1] + dense * c[..., 1:], rtol=1e-5, atol=1e-6)
+    y, _ = layer(x)
+    y.sum().backward()
+    assert layer.coefficient.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(router="noisy_topk"), dict(n_shared_expert=2),
+                                dict(hybrid=True, dense_hidden=40), dict(mlp="gelu", top_k=1)])
+def test_parameter_counts_match_the_module(kw):
+    cfg = MoEConfig(n_embd=16, n_expert=4, expert_hidden=24, **kw)
+    layer = MoELayer(cfg)
+    counts = moe_parameter_counts(cfg)
+    assert counts["total"] == sum(p.numel() for p in layer.parameters())
+    per_expert = layer.experts.w_in[0].numel() + layer.experts.w_out[0].numel()
+    assert counts["total"] - counts["active"] == (cfg.n_expert - cfg.top_k) * per_expert
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(top_k=5, n_expert=4), "top_k (5) must be <= n_expert (4)"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+    (dict(capacity_factor=-1.0), "capacity_factor"),
+    (dict(router="switch"), "router must be one of"),
+    (dict(dispatch="magic"), "dispatch must be one of"),
+    (dict(n_expert=0), "n_expert must be an int >= 1"),
+    (dict(aux_loss_coef=-1.0), "aux_loss_coef"),
+    (dict(mlp="tanh"), "mlp must be one of"),
+])
+def test_bad_configs_raise_clear_errors(kw, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        MoEConfig(n_embd=16, **kw)
+
+
+def test_bad_inputs_raise_clear_errors():
+    layer = _layer()
+    with pytest.raises(ValueError, match="C=16"):
+        layer(torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="C=16"):
+        layer(torch.randn(6, 16))
+    with pytest.raises(TypeError, match="MoEConfig"):
+        MoELayer(dict(n_embd=16))
+    with pytest.raises(ValueError, match="dispatch"):
+        layer.dispatch = "fast"
+    with pytest.raises(ValueError, match="mlp must be one of"):
+        Experts(2, 4, 4, mlp="swish")
