@@ -8,13 +8,7 @@ from utils.generation import (apply_repetition_penalty, generate, next_token_pro
 from utils.model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids thread-pool overhead (and contention on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(pos="rope", block_size=16, seed=0, **kw):

@@ -9,14 +9,8 @@ from utils.model import GPT, GPTConfig
 ATOL = 1e-5
 
 
-def _cfg(**kw):
-    base = dict(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
-    base.update(kw)
-    return GPTConfig(**base)
-
-
-def _ids(B, T, vocab=61, seed=0):
-    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+from tiny_models import random_ids as _ids  # noqa: E402
+from tiny_models import tiny_gpt_config as _cfg  # noqa: E402
 
 
 def test_kv_cache_bytes_is_the_formula_and_what_the_cache_allocates():

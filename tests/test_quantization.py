@@ -18,12 +18,7 @@ from utils.quantization import (FLOAT_FORMATS, FakeQuantLinear, Int8MixedLinear,
                                 unpack_codes)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_gpt(seed=0, **kw):

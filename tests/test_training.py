@@ -12,13 +12,7 @@ from utils.metrics import bits_per_character, sum_token_nll
 from utils.training import TrainConfig, enable_gradient_checkpointing, lr_schedule, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids thread-pool overhead (and contention on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 from tiny_models import TinyConfig, TinyLM  # noqa: E402

@@ -34,3 +34,19 @@ class TinyLM(nn.Module):
         logits = self.head(h)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+def tiny_gpt_config(**overrides):
+    """A 2-layer GPTConfig small enough for exact, fast tests (vocab 61, context 32, width 32)."""
+    from utils.model import GPTConfig
+
+    base = dict(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
+    base.update(overrides)
+    return GPTConfig(**base)
+
+
+def random_ids(B, T, vocab=61, seed=0):
+    """(B, T) random token ids from a seeded generator."""
+    import torch
+
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
