@@ -16,14 +16,15 @@ ifdef DEVICE
 export LLM_COURSE_DEVICE := $(DEVICE)
 endif
 # Quiet logs: pip's version nag; kernels talk to nbconvert over local IPC sockets rather than TCP
-# (ipykernel warns about unencrypted TCP otherwise).
+# (ipykernel warns about unencrypted TCP otherwise). The sockets get a fresh path per run: with the
+# default path (kernel-ipc-N in the current folder) two runs started at once collide.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-KERNEL_IPC := --KernelManager.transport=ipc
+KERNEL_IPC := --KernelManager.transport=ipc --KernelManager.ip=$(shell mktemp -u /tmp/llm-course-kernel-XXXXXX)
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: help setup test unit notebooks test-browser lab execute pretrain benchmarks sync-setup-cell clean
+.PHONY: help setup test unit notebooks test-browser lab execute pretrain finetune benchmarks sync-setup-cell clean
 
 help:
 	@echo "make setup         create .venv and install the course (the right torch build first, then requirements)"
@@ -32,6 +33,7 @@ help:
 	@echo "make test-browser  run notebooks in JupyterLab in headless Chromium and use their widgets"
 	@echo "make execute       re-run every notebook in place in default mode (NB=... for one, DEVICE=cuda for a GPU)"
 	@echo "make pretrain      rebuild the course model in data/checkpoints/"
+	@echo "make finetune      rebuild the fine-tuned models in data/finetuned/ (notebook 08 uses them)"
 
 setup:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +70,10 @@ execute:
 # The course model: trains the default recipe (utils/pretrain.py) and writes data/checkpoints/.
 pretrain:
 	$(PY) -m utils.pretrain
+
+# The fine-tuned models notebook 08 evaluates (notebook 07's recipes): writes data/finetuned/.
+finetune:
+	$(PY) tools/finetune.py
 
 # Copies notebooks/_setup_cell.py into the first code cell of every notebook (a test checks they agree).
 sync-setup-cell:

@@ -15,14 +15,19 @@ scores span the whole range. Three metrics, each on the same pairs both ways:
   Levenshtein; ours is a bit-parallel Levenshtein on Python integers).
 
 Rounds alternate library / ours (A/B/A/B), and each time is the median of ``--rounds`` runs, so a
-slow spell of a shared machine does not land on one side only. The goal is ours within 3x of each
-library's time. Results go to ``benchmarks/results/metrics.json``; the values are checked equal.
+slow spell of a shared machine does not land on one side only. Every run starts with ``gc.collect()``
+(jiwer allocates many small objects, so its time depends on the garbage earlier runs left). The goal
+is ours within 3x of each library's time. Results go to ``benchmarks/results/metrics.json`` and
+``metrics.md`` (the table as printed, with the load average before the run, so an idle-machine run can
+be told from a shared one); the values are checked equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
 import random
 import statistics
@@ -66,6 +71,7 @@ def make_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def timed(fn):
+    gc.collect()  # start every run from a collected heap: jiwer's time depends on the garbage collector's work
     t0 = time.perf_counter()
     value = fn()
     return time.perf_counter() - t0, value
@@ -80,6 +86,9 @@ def main(argv=None) -> dict:
     import sacrebleu
     from rouge_score import rouge_scorer
 
+    from importlib.metadata import version
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     refs, hyps = make_pairs(args.pairs)
     scorer = rouge_scorer.RougeScorer(["rougeL"])
 
@@ -107,18 +116,25 @@ def main(argv=None) -> dict:
         rows.append({"metric": name, "pairs": args.pairs, "library_s": lib_med, "ours_s": our_med,
                      "ratio_ours_over_library": our_med / lib_med, "within_3x": our_med <= 3 * lib_med,
                      "equal_values": equal, "library_runs_s": lib_t, "ours_runs_s": our_t})
-    print(f"{args.pairs:,} sentence pairs, median of {args.rounds} alternating rounds (shared machine: see the runs)")
-    print(f"{'metric':<9} {'library s':>10} {'ours s':>9} {'ours/lib':>9} {'within 3x':>10} {'same values':>12}")
+    versions = {name: version(name) for name in ("sacrebleu", "rouge-score", "jiwer", "rapidfuzz")}
+    header = (f"{args.pairs:,} sentence pairs, median of {args.rounds} alternating rounds; Python "
+              f"{platform.python_version()}, {os.cpu_count()} CPUs, load average before the run {load_before:.2f}; "
+              + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines = ["| metric | library (s) | ours (s) | ours / library | within 3x | same values |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        print(f"{r['metric']:<9} {r['library_s']:>10.3f} {r['ours_s']:>9.3f} {r['ratio_ours_over_library']:>8.2f}x "
-              f"{str(r['within_3x']):>10} {str(r['equal_values']):>12}")
+        lines.append(f"| {r['metric']} | {r['library_s']:.3f} | {r['ours_s']:.3f} | "
+                     f"{r['ratio_ours_over_library']:.2f}x | {r['within_3x']} | {r['equal_values']} |")
+    print(header)
+    print("\n".join(lines))
     result = {"pairs": args.pairs, "rounds": args.rounds, "python": platform.python_version(),
-              "machine": platform.processor() or platform.machine(),
-              "versions": {"sacrebleu": sacrebleu.__version__, "jiwer": getattr(jiwer, "__version__", "?")},
-              "rows": rows}
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "load_average_before": load_before, "versions": versions, "rows": rows}
     out = ROOT / "benchmarks" / "results" / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out.parent / "metrics.md").write_text("# Metrics speed benchmark\n\n" + header + "\n\n" + "\n".join(lines) + "\n",
+                                           encoding="utf-8")
     return result
 
 

@@ -9,14 +9,23 @@ Forward + backward of one layer on a batch of 8 x 256 tokens of width 192: the M
 in the backward) against a dense SwiGLU MLP with the same *active* parameters (hidden 2 x 256 = 512).
 Designs, same numbers (tested), different speed:
 
-- ``sort``: one stable sort groups the token-expert assignments by expert, one gather, each expert runs
-  once on its contiguous slice (one matmul pair per expert), one ``index_add_`` back (no limit);
+- ``sort`` (the layer's default): one stable sort groups the token-expert assignments by expert, one
+  gather, each expert runs once on its contiguous slice, one ``index_add_`` back (no limit); the experts
+  run as one autograd node whose matmuls write into preallocated buffers (``Experts.run_sorted``);
+- ``sort, autograd per expert``: the same with one ``F.linear`` pair per expert built from ordinary
+  autograd operations (``Experts.run_sorted_autograd``: split, per-expert activation, concatenation,
+  and a stack of the per-expert weight gradients in the backward);
+- ``grouped_mm``: the same sorted rows through PyTorch's ``F.grouped_mm`` (where this PyTorch has it);
 - ``loop``: the loop over experts with a boolean mask over all assignments that most tutorials write;
 - ``bmm``: capacity factor 1.25, every expert's tokens in padded slots (E, capacity, C), one batched
   matmul pair for all experts; assignments over capacity are dropped (their share is printed);
 - ``sort, w[e] indexed``: ``sort`` but each expert's weights taken as ``w_in[e]`` from the stacked
   parameter (as Hugging Face's eager ``MixtralExperts`` loop does) instead of one ``unbind``: the
   backward of every ``w_in[e]`` is a full-size zero gradient of all experts, so the cost grows as E^2.
+
+Every step starts with the gradients set to None, as a training step does after ``zero_grad()``.
+``--device cuda --dtype bf16`` times the same designs on a GPU (synchronising before and after each
+timed block; results then go to ``benchmarks/results/moe_cuda.json`` unless ``--out`` says otherwise).
 
 ``keep_freed_memory()`` is on, as in ``train()``. The machine may be shared: every round runs all designs one after the other (interleaved), each
 timed over ``--iters`` steps after a warm-up, and the table reports the **median** over ``--repeats``
@@ -52,8 +61,29 @@ class IndexedExperts(Experts):
         return (tuple(self.w_in[e] for e in range(self.n_expert)),
                 tuple(self.w_out[e] for e in range(self.n_expert)))
 
+    def run_sorted(self, xs, counts):
+        return self.run_sorted_autograd(xs, counts)
 
-DESIGNS = ["dense", "sort", "loop", "bmm", "sort, w[e] indexed"]
+
+class AutogradExperts(Experts):
+    """Experts run by one ``F.linear`` pair per expert in ordinary autograd operations."""
+
+    def run_sorted(self, xs, counts):
+        return self.run_sorted_autograd(xs, counts)
+
+
+class GroupedExperts(Experts):
+    """Experts run by ``F.grouped_mm`` on the rows sorted by expert (one call per layer of the MLP)."""
+
+    def run_sorted(self, xs, counts):
+        offs = torch.tensor(counts, device=xs.device).cumsum(0).to(torch.int32)
+        h = F.grouped_mm(xs, self.w_in.transpose(1, 2), offs=offs)
+        return F.grouped_mm(self._act(h), self.w_out.transpose(1, 2), offs=offs)
+
+
+DESIGNS = ["dense", "sort", "sort, autograd per expert", "grouped_mm", "loop", "bmm", "sort, w[e] indexed"]
+EXPERT_CLASSES = {"sort, autograd per expert": AutogradExperts, "grouped_mm": GroupedExperts,
+                  "sort, w[e] indexed": IndexedExperts}
 
 
 def make_step(kind: str, n_expert: int, args, device, dtype):
@@ -67,16 +97,20 @@ def make_step(kind: str, n_expert: int, args, device, dtype):
         dense = Experts(1, C, k * H, "swiglu").to(device=device, dtype=dtype)
 
         def step():
+            x.grad = None
+            dense.zero_grad(set_to_none=True)
             y = dense.expert(0, x)
             (y * g).sum().backward()
         return step, info
-    cfg = MoEConfig(n_embd=C, n_expert=n_expert, top_k=k, expert_hidden=H, dispatch=kind.split(",")[0],
+    cfg = MoEConfig(n_embd=C, n_expert=n_expert, top_k=k, expert_hidden=H, dispatch="sort" if kind == "grouped_mm" else kind.split(",")[0],
                     capacity_factor=args.capacity_factor if kind == "bmm" else None)
     layer = MoELayer(cfg).to(device=device, dtype=dtype)
-    if kind.endswith("indexed"):
-        layer.experts.__class__ = IndexedExperts
+    if kind in EXPERT_CLASSES:
+        layer.experts.__class__ = EXPERT_CLASSES[kind]
 
     def step():
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
         y, stats = layer(x)
         ((y * g).sum() + stats["aux_loss"]).backward()
         info["dropped_fraction"] = stats["dropped_fraction"]
@@ -122,21 +156,31 @@ def main(argv=None) -> dict:
     parser.add_argument("--capacity-factor", type=float, default=1.25)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "moe.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/results/moe.json (moe_cuda.json with --device cuda)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train() does: freed activations stay in the heap, no page faults every step
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    designs = DESIGNS
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("moe_cuda.json" if device.type == "cuda" else "moe.json")
+    designs = [d for d in DESIGNS if d != "grouped_mm" or hasattr(F, "grouped_mm")]
     tokens = args.batch * args.seq
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tables = []
     for E in args.experts:
         steps = {d: make_step(d, E, args, device, dtype) for d in designs}
-        for d, (step, _) in steps.items():  # warm-up
-            for _ in range(2):
-                step()
+        for d, (step, _) in list(steps.items()):  # warm-up
+            try:
+                for _ in range(2):
+                    step()
+            except (RuntimeError, NotImplementedError) as err:  # e.g. F.grouped_mm without a kernel here
+                if d != "grouped_mm":
+                    raise
+                print(f"{d}: not available on {args.device} {args.dtype} ({str(err).splitlines()[0][:120]})")
+                del steps[d]
+        designs = list(steps)
         sys.stdout.flush()
         times = {d: [] for d in designs}
         cpu = {d: [] for d in designs}
@@ -169,7 +213,8 @@ def main(argv=None) -> dict:
         print(f"loop / sort = {med['loop'] / med['sort']:.2f}x, loop / bmm = {med['loop'] / med['bmm']:.2f}x", flush=True)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "environment": {"cpu": cpu_name(), "torch": torch.__version__,
-                              "threads": args.threads, "load_average_before": load_before,
+                              "threads": args.threads,
+                              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "load_average_before": load_before,
                               "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                               "note": "medians of interleaved rounds; the machine may have been shared"},
               "tables": tables}

@@ -1,36 +1,59 @@
 """Learning per CPU minute: the course recipe vs nanoGPT's "baby GPT", same text, same wall clock.
 
-    python benchmarks/pretrain_cpu.py                      # baseline, ours, its variants: 180 s each (~16 min)
-    python benchmarks/pretrain_cpu.py --repeats 2          # baseline and ours twice, alternating
-    python benchmarks/pretrain_cpu.py --budget 60          # quicker
-    python benchmarks/pretrain_cpu.py --ablation --threads 1 --jobs 2   # each lever, two runs at a time
-    python benchmarks/pretrain_cpu.py --vocab-sweep        # vocab size on the course corpus
+    python benchmarks/pretrain_cpu.py --next 3      # run the next 3 slots of the protocol (~10 min), append
+    python benchmarks/pretrain_cpu.py --report      # the table: every row's mean and spread over seeds
+    python benchmarks/pretrain_cpu.py --explore --rows "ours, 2 threads" --budget 60   # exploration only
+    python benchmarks/pretrain_cpu.py --ablation --threads 1 --jobs 2   # each lever (tuning half), two at a time
 
-Protocol
---------
-* 2 torch threads (``--threads``), a fixed wall-clock **training** budget per model (``--budget``,
-  default 180 s). Everything that happens before the first step and is specific to a recipe —
-  training the BPE tokenizer and encoding the text — is *subtracted from its budget*;
-  ``torch.compile`` time, when used, falls inside the budget too (it happens in the first steps).
-  Evaluation is not counted.
-* Text: Tiny Shakespeare (``utils.data.load_tinyshakespeare()``), first 90% train, last 10% val,
-  as nanoGPT's ``prepare.py``.
-* Baseline: nanoGPT's baby GPT config on characters (4 layers, 4 heads, width 128, context 64,
-  batch 12, dropout 0, no biases, LayerNorm, GELU, learned positions, AdamW(0.9, 0.99), weight decay
-  0.1, lr 1e-3 with 100 warmup steps then cosine to 1e-4 over the steps expected to fit the budget,
-  grad clip 1.0, N(0, 0.02) init), built with our :class:`utils.model.GPT`.
-* Ours: :data:`utils.pretrain.COURSE_RECIPE` with a BPE tokenizer trained on the train part:
-  bf16 autocast where the CPU has bf16 matrix instructions (AMX or AVX-512 BF16), else fp32, and
-  shuffled non-overlapping windows (every training token once per pass). The headline also runs it
-  with each of those two choices undone, and with the baby's weight decay.
-* ``--repeats N`` runs the baseline and ours N times, alternating, and reports the mean ratio: a
-  shared machine's speed drifts by 10-20% between runs, and each run's bits per character follow it.
-* Metric: validation **bits per character** = (sum of token NLL in nats over the val text) /
-  (val characters) / ln 2, the val text tokenized as a whole and scored with **non-overlapping
-  windows** of each model's context (every token but the first predicted once), so both models are
-  scored on exactly the same characters.
+Protocol (``--next`` / ``--report``; results in ``benchmarks/results/pretrain_cpu.json``)
+-----------------------------------------------------------------------------------------
+* **Text**: Tiny Shakespeare (``utils.data.load_tinyshakespeare()``), first 90% train (as nanoGPT's
+  ``prepare.py``). The held-out last 10% is cut in two at the first blank line after its middle:
+  the **tuning half** (first; it starts at the held-out text's first blank line, so that both
+  halves start with a speech) and the **reporting half** (second). Every choice of the recipe and of
+  the stopping rule, and every checkpoint selection inside a run, looks only at the tuning half;
+  the tables report the reporting half. (The recipe's earlier settings were tuned on the whole
+  held-out 10%, which contains the reporting half; the stopping rule below was chosen on the
+  tuning half with the ``--explore`` runs listed in the results file.)
+* **Budget**: a fixed wall clock per run (``--budget``, default 180 s) that contains *everything*
+  before the final score: tokenizer training and encoding (ours), the checks on the tuning half of
+  the stopping rule (both models), and training. The run measures one check on the untrained model
+  first and trains for ``budget - setup - (checks + 1) * check time``, corrected at every check
+  by the time actually left (so the loop's own overheads count too); the table's "wall s" column
+  is the measured total.
+* **Stopping rule (both models)**: at 50, 60, ..., 100% of the training time the model is scored on
+  the tuning half; the best of these checkpoints is kept (best-checkpoint selection). A recipe may
+  also stop after ``Recipe.max_passes`` passes over its training text; the course recipe does not:
+  on the tuning half, a 2-thread run given 300 s (11 passes, like a faster machine's 180 s; the
+  earlier protocol saw the recipe get worse there) scored better with the best-checkpoint rule
+  alone than capped at 7 passes (``--explore`` runs in ``pretrain_cpu_explore.json``).
+* **Score**: bits per character on the reporting half = (sum of token NLL in nats) / characters /
+  ln 2. Each half is scored as ``"\\n" + half`` with the newline given, so the two models predict
+  exactly the same characters, every one of them. A **sliding window** of each model's context
+  moves by half a context (``utils.metrics.perplexity(stride=block_size // 2)``): the first window
+  scores all its tokens, every later one only its last half, so every character is predicted with
+  at least half a context before it (the baby: 32-64 characters; ours: 64-128 tokens, ~180-360
+  characters) and exactly once. (The earlier protocol's non-overlapping windows gave a character
+  half a context on average; each run also records that score, ``report_bpc_nonoverlapping``.) In fp32 for both.
+* **Rows**: the baby GPT (fp32, as nanoGPT on CPU) and ours at 2 threads; ours forced to fp32 at
+  2 threads (its own row: the ratio a CPU without bf16 matrix instructions gets); and both models
+  at 1 thread, i.e. at a lower step rate (how much lower: the steps column). Ours uses bf16
+  autocast only where ``utils.precision.cpu_has_fast_bf16()`` (AMX or AVX-512 BF16: Intel Xeon
+  4th gen+, AMD Zen 4+); elsewhere ``precision="auto"`` is fp32, which is the fp32 row. The two 1-thread runs of a seed
+  run side by side, one core each (same slot, same conditions for both).
+* **Seeds and order**: seeds 0, 1, 2 (``--seeds``); the slots run round robin (seed s: baby 2t,
+  ours 2t, ours fp32 2t, [baby 1t | ours 1t]; then seed s+1), so a drift in the machine's speed
+  hits every row alike. ``--next K`` runs the next K slots not yet in the results file and
+  appends them, so the protocol runs as several short commands.
+* **Report**: per row, mean and standard deviation (and min-max) over seeds of the reporting-half
+  bits per character, steps, passes and **characters per second** (tokens/s x characters per
+  token of the training text: 1 for the baby); the ratios ours / baby per seed at 2 threads (bf16
+  where fast, and fp32) and at 1 thread, with their mean and spread. Goal: ours <= 0.85 x baby.
 
-Results are printed as a table and written to ``benchmarks/results/*.json``.
+Exploration (``--explore``) uses the same run function with any budget and rows, scores only the
+tuning half and writes ``benchmarks/results/pretrain_cpu_explore.json``: it is for choosing, not
+for reporting. The ablation (``--ablation``) is the older tool for choosing levers, now
+scored on the tuning half too.
 """
 
 from __future__ import annotations
@@ -40,6 +63,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -51,123 +75,314 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils.data import load_tinyshakespeare  # noqa: E402
+from utils.metrics import perplexity  # noqa: E402
 from utils.model import GPT  # noqa: E402
+from utils.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from utils.pretrain import BABY_GPT, COURSE_RECIPE, Recipe  # noqa: E402
 from utils.runtime import set_seed  # noqa: E402
-from utils.metrics import bits_per_character  # noqa: E402
-from utils.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from utils.training import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+PROTOCOL_FILE = RESULTS / "pretrain_cpu.json"
+EXPLORE_FILE = RESULTS / "pretrain_cpu_explore.json"
+CHECKS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # fractions of the training time at which the tuning half is scored
+
+BABY, OURS, OURS_FP32 = "baby GPT", "ours", "ours, fp32"
+# row name -> (recipe, torch threads)
+ROWS: dict[str, tuple[Recipe, int]] = {
+    f"{BABY}, 2 threads": (BABY_GPT, 2),
+    f"{OURS}, 2 threads": (COURSE_RECIPE, 2),
+    f"{OURS_FP32}, 2 threads": (COURSE_RECIPE.with_(precision="fp32"), 2),
+    f"{BABY}, 1 thread": (BABY_GPT, 1),
+    f"{OURS}, 1 thread": (COURSE_RECIPE, 1),
+}
+# one round = these slots in this order; the runs of a slot run side by side (1 thread each)
+SLOTS = ((f"{BABY}, 2 threads",), (f"{OURS}, 2 threads",), (f"{OURS_FP32}, 2 threads",),
+         (f"{BABY}, 1 thread", f"{OURS}, 1 thread"))
+# the ratios ours / baby: (label, ours row, baby row)
+RATIOS = (("2 threads, ours as run here (bf16 where fast)", f"{OURS}, 2 threads", f"{BABY}, 2 threads"),
+          ("2 threads, ours in fp32", f"{OURS_FP32}, 2 threads", f"{BABY}, 2 threads"),
+          ("1 thread (a lower step rate)", f"{OURS}, 1 thread", f"{BABY}, 1 thread"))
+GOAL = 0.85
 
 
-def split_text(text: str) -> tuple[str, str]:
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def split_text(text: str) -> tuple[str, str, str]:
+    """(train, tuning half, reporting half): the first 90% of ``text``, then the held-out 10% cut
+    at the first blank line after its middle. Both halves start at the beginning of a speech: the
+    tuning half after the first blank line of the held-out text (the few characters before it, the
+    end of a speech cut by the 90% mark, are not used)."""
     n = int(0.9 * len(text))
-    return text[:n], text[n:]
+    train_text, held = text[:n], text[n:]
+    start, cut = held.find("\n\n"), held.find("\n\n", len(held) // 2)
+    if start < 0 or cut <= start:
+        raise ValueError("the held-out text needs blank lines (between speeches) to cut at")
+    return train_text, held[start + 2:cut + 2], held[cut + 2:]
 
 
-def encode(recipe: Recipe, train_text: str, val_text: str, full_text: str):
-    """Token ids of train and val text for a recipe: characters, or BPE trained on ``train_text``."""
+def encode(recipe: Recipe, train_text: str, scored: dict[str, str], full_text: str):
+    """Token ids of the train text and of each scored text (given as ``"\\n" + text``, the newline
+    a token of its own), and the vocabulary size: characters, or BPE trained on ``train_text``."""
     if recipe.vocab_size is None:
         chars = sorted(set(full_text))  # as nanoGPT's prepare.py: the alphabet of the whole file
         stoi = {c: i for i, c in enumerate(chars)}
-        return (torch.tensor([stoi[c] for c in train_text]), torch.tensor([stoi[c] for c in val_text]), len(chars))
-    from utils.tokenizer import BPETokenizer
 
-    tok = BPETokenizer.train(train_text, recipe.vocab_size)
-    return (torch.tensor(tok.encode(train_text)), torch.tensor(tok.encode(val_text)), tok.vocab_size)
+        def enc(s):
+            return [stoi[c] for c in s]
+
+        def dec(ids):
+            return "".join(chars[i] for i in ids)
+        vocab = len(chars)
+    else:
+        from utils.tokenizer import BPETokenizer
+
+        tok = BPETokenizer.train(train_text, recipe.vocab_size)
+        enc, dec, vocab = tok.encode, tok.decode, tok.vocab_size
+    out = {}
+    for name, s in scored.items():
+        ids = enc("\n" + s)
+        if dec(ids[:1]) != "\n" or dec(ids[1:]) != s:  # so both models predict exactly the characters of s
+            raise RuntimeError(f"the {name} text does not tokenize as '\\n' + its own tokens")
+        out[name] = torch.tensor(ids)
+    return torch.tensor(enc(train_text)), out, vocab, enc, dec
 
 
-def run(name: str, recipe: Recipe, budget: float, seed: int = 1337, text: str | None = None,
-        train_val: tuple[str, str] | None = None) -> dict:
-    """Train ``recipe`` for ``budget`` seconds of wall clock (setup included) and score val bpc."""
+UNSEEN_PLAY = "\n\nMaster:\n"  # The Tempest's first speech: the reporting half ends with a play the training text lacks
+
+
+def report_parts(report_text: str) -> dict[str, str]:
+    """The reporting half cut where a play that is not in the training text starts (Tiny Shakespeare:
+    The Taming of the Shrew, whose beginning is in the training text, then The Tempest)."""
+    cut = report_text.find(UNSEEN_PLAY)
+    if cut < 0:
+        return {}
+    return {"seen play": report_text[:cut + 2], "unseen play": report_text[cut + 2:]}
+
+
+def score_bpc(model, ids: torch.Tensor, n_chars: int, stride: int | None = None) -> float:
+    """Bits per character of the text ``ids`` encodes (its first token, the newline, is given):
+    sliding window of the model's context, moved by ``stride`` (default half a context)."""
+    block = model.config.block_size
+    res = perplexity(model, ids, stride=stride or block // 2, batch_size=32)
+    return res.nll / n_chars / math.log(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+def max_steps_for(recipe: Recipe, n_train_tokens: int) -> int:
+    """Optimizer steps in ``recipe.max_passes`` passes over the training tokens (no cap: 10**9)."""
+    if recipe.max_passes is None:
+        return 10**9
+    windows_per_pass = (n_train_tokens - 1) // (recipe.block_size + 1)
+    return max(1, math.ceil(recipe.max_passes * windows_per_pass / recipe.batch_size))
+
+
+def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, score_report: bool = True,
+        text: str | None = None) -> dict:
+    """Train ``recipe`` for ``budget`` seconds of wall clock (setup and stopping-rule checks
+    included), keep the best checkpoint on the tuning half, then score the reporting half."""
+    t_start = time.perf_counter()
     text = text if text is not None else load_tinyshakespeare()
-    train_text, val_text = train_val if train_val is not None else split_text(text)
-    t0 = time.perf_counter()
-    train_ids, val_ids, vocab = encode(recipe, train_text, val_text, text)
-    setup = time.perf_counter() - t0
+    train_text, tune_text, report_text = split_text(text)
+    train_ids, scored, vocab, enc, dec = encode(recipe, train_text, {"tune": tune_text, "report": report_text}, text)
+    tune_ids = scored["tune"]
     set_seed(seed)
     model = GPT(recipe.model_config(vocab))
     n_params = sum(p.numel() for p in model.parameters())
-    cfg = recipe.train_config(time_budget_s=max(budget - setup, 1.0), eval_interval=0, eval_iters=1,
+    setup = time.perf_counter() - t_start
+
+    # the price of one check, paid once on the untrained model and budgeted for every check
+    t0 = time.perf_counter()
+    untrained_tune = score_bpc(model, tune_ids, len(tune_text))
+    check_s = time.perf_counter() - t0
+    train_budget = budget - setup - check_s * (len(checks) + 1)
+    if train_budget < 0.2 * budget:
+        raise RuntimeError(f"{row}: setup {setup:.1f}s and checks ({len(checks) + 1} x {check_s:.1f}s) leave "
+                           f"only {train_budget:.1f}s of a {budget:.0f}s budget for training")
+    max_steps = max_steps_for(recipe, len(train_ids))
+    state = {"next": 0, "best": math.inf, "best_step": 0, "weights": None, "seconds": check_s}
+    history = [(0, 0.0, round(untrained_tune, 4))]
+
+    def check(step: int, result) -> None:
+        final = step >= max_steps or result.seconds >= cfg.time_budget_s
+        if not final and (state["next"] >= len(checks) or result.seconds < checks[state["next"]] * train_budget):
+            return
+        while state["next"] < len(checks) and result.seconds >= checks[state["next"]] * train_budget:
+            state["next"] += 1
+        t = time.perf_counter()
+        bpc = score_bpc(model, tune_ids, len(tune_text))
+        if bpc < state["best"]:
+            state.update(best=bpc, best_step=step,
+                         weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        state["seconds"] += time.perf_counter() - t
+        history.append((step, round(result.seconds, 1), round(bpc, 4)))
+        if not final:  # keep the whole run inside the budget: what is left, less the checks still to come
+            left = budget - (time.perf_counter() - t_start) - (len(checks) - state["next"]) * state["seconds"] / len(history)
+            cfg.time_budget_s = result.seconds + max(left, 1e-3)
+
+    cfg = recipe.train_config(max_steps=max_steps, time_budget_s=train_budget, eval_interval=0, eval_iters=1,
                               progress=False, seed=seed)
-    result = train(model, train_ids, val_ids, cfg)
+    result = train(model, train_ids, tune_ids, cfg, callback=check)
+    if state["weights"] is not None and state["best_step"] != result.steps:
+        model.load_state_dict(state["weights"])
+    wall = time.perf_counter() - t_start
+
     t1 = time.perf_counter()
-    bpc = bits_per_character(model, val_ids, len(val_text), batch_size=32)
+    report_bpc = score_bpc(model, scored["report"], len(report_text)) if score_report else None
+    eval_s = time.perf_counter() - t1
+    # the earlier protocol's scoring, for comparison: non-overlapping windows (less context on average)
+    report_nonoverlap = (score_bpc(model, scored["report"], len(report_text), stride=recipe.block_size)
+                         if score_report else None)
+    parts = {}  # the reporting half's two parts scored apart (each from its own start)
+    for name, part in (report_parts(report_text) if score_report else {}).items():
+        ids = enc("\n" + part)
+        if dec(ids[:1]) != "\n" or dec(ids[1:]) != part:
+            raise RuntimeError(f"the reporting half's {name} part does not tokenize as '\\n' + its own tokens")
+        parts[name] = {"chars": len(part), "bpc": round(score_bpc(model, torch.tensor(ids), len(part)), 4)}
+    chars_per_token = len(train_text) / len(train_ids)
+    windows_per_pass = (len(train_ids) - 1) // (recipe.block_size + 1)
     return {
-        "name": name, "recipe": asdict(recipe), "precision": resolve_precision("cpu", recipe.precision),
-        "vocab": vocab, "params": n_params,
-        "steps": result.steps, "tokens": result.tokens, "setup_s": round(setup, 2),
-        "train_s": round(result.seconds, 1), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
-        "chars_per_token": round(len(val_text) / len(val_ids), 3), "val_bpc": round(bpc, 4),
-        "eval_s": round(time.perf_counter() - t1, 1),
+        "row": row, "seed": seed, "threads": torch.get_num_threads(), "recipe": asdict(recipe),
+        "precision": resolve_precision("cpu", recipe.precision), "vocab": vocab, "params": n_params,
+        "steps": result.steps, "max_steps": max_steps if max_steps < 10**9 else None,
+        "stopped_by": "max_passes" if result.steps >= max_steps else "time_budget",
+        "passes": round(result.steps * recipe.batch_size / windows_per_pass, 2),
+        "tokens": result.tokens, "setup_s": round(setup, 2), "check_s": round(state["seconds"], 1),
+        "train_s": round(result.seconds, 1), "wall_s": round(wall, 1),
+        "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
+        "chars_per_token": round(chars_per_token, 3),
+        "chars_per_s": round(result.tokens / max(result.seconds, 1e-9) * chars_per_token),
+        "best_step": state["best_step"], "tune_bpc": round(state["best"], 4),
+        "checks": history, "report_bpc": None if report_bpc is None else round(report_bpc, 4),
+        "report_bpc_nonoverlapping": None if report_nonoverlap is None else round(report_nonoverlap, 4),
+        "report_parts": parts,
+        "eval_s": round(eval_s, 1), "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def _init_worker(threads: int) -> None:
+def _worker(args: tuple) -> dict:
+    threads, row, recipe, budget, seed, kw = args
     torch.set_num_threads(threads)
+    return run(row, recipe, budget, seed, **kw)
 
 
-def run_many(recipes: list[tuple[str, Recipe]], budget: float, seed: int, threads: int, jobs: int) -> list[dict]:
-    """Run recipes one after the other (``jobs=1``) or ``jobs`` at a time in separate processes,
-    each with ``threads`` torch threads (so ``jobs * threads`` should not exceed the cores)."""
-    if jobs <= 1:
-        rows = []
-        for name, recipe in recipes:
-            rows.append(run(name, recipe, budget, seed))
-            print_table(rows[-1:])
-        return rows
+def run_slot(jobs: list[tuple[str, Recipe, int]], budget: float, seed: int, **kw) -> list[dict]:
+    """Run ``(row, recipe, threads)`` jobs side by side, each in a fresh process."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = [pool.submit(run, name, recipe, budget, seed) for name, recipe in recipes]
-        rows = []
-        for f in futures:
-            rows.append(f.result())
-            print_table(rows[-1:])
-    return rows
+    with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, (threads, row, recipe, budget, seed, kw)) for row, recipe, threads in jobs]
+        return [f.result() for f in futures]
 
 
-def environment(threads: int) -> dict:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+# ---------------------------------------------------------------------------------------------
+# Files and tables
+# ---------------------------------------------------------------------------------------------
+
+def environment() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"torch": str(torch.__version__), "threads": threads, "cpu": cpu,
-            "cpu_count": os.cpu_count(), "cpu_has_fast_bf16": cpu_has_fast_bf16(),
-            "load_avg_before": [round(x, 2) for x in load]}
+    probes = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+              for name in ("amx_tile", "avx512_bf16")}
+    return {"torch": str(torch.__version__), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "cpu_has_fast_bf16": cpu_has_fast_bf16(), **{f"has_{k}": v for k, v in probes.items()},
+            "ours_precision_auto": resolve_precision("cpu", COURSE_RECIPE.precision)}
 
 
-def print_table(rows: list[dict], reference: str | None = None, title: str = "") -> None:
-    ref = next((r["val_bpc"] for r in rows if r["name"] == reference), None)
-    if title:
-        print(f"\n{title}")
-    head = f"{'run':<34} {'vocab':>6} {'params':>9} {'steps':>6} {'tok/s':>7} {'train s':>7} {'val bpc':>8}"
-    head += f" {'ratio':>6}" if ref else ""
+def load_results(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"runs": []}
+
+
+def save_results(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation (0 for one value), min, max)."""
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else 0.0), min(values), max(values)
+
+
+def summarize(data: dict) -> dict:
+    """Per row and per ratio: mean, std, min, max over seeds (ratios per seed, paired)."""
+    runs = [r for r in data["runs"] if r.get("report_bpc") is not None]
+    rows = {}
+    for name in ROWS:
+        rs = sorted((r for r in runs if r["row"] == name), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        rows[name] = {"n": len(rs), "seeds": [r["seed"] for r in rs],
+                      "report_bpc": spread([r["report_bpc"] for r in rs]),
+                      "per_seed_bpc": [r["report_bpc"] for r in rs],
+                      "steps": spread([r["steps"] for r in rs]), "passes": spread([r["passes"] for r in rs]),
+                      "chars_per_s": spread([r["chars_per_s"] for r in rs]),
+                      "wall_s": spread([r["wall_s"] for r in rs]),
+                      "best_at_end": sum(r["best_step"] == r["steps"] for r in rs),
+                      "precision": rs[0]["precision"], "params": rs[0]["params"], "vocab": rs[0]["vocab"]}
+    ratios = {}
+    for label, a, b in RATIOS:
+        by_seed = {r["seed"]: r["report_bpc"] for r in runs if r["row"] == b}
+        pairs = [(r["seed"], r["report_bpc"] / by_seed[r["seed"]]) for r in runs if r["row"] == a and r["seed"] in by_seed]
+        if pairs:
+            pairs.sort()
+            ratios[label] = {"per_seed": [(s, round(x, 4)) for s, x in pairs], "stats": spread([x for _, x in pairs])}
+    return {"rows": rows, "ratios": ratios}
+
+
+def print_report(data: dict) -> dict:
+    summary = summarize(data)
+    env = data.get("environment", {})
+    print(f"Tiny Shakespeare, {data.get('budget_s', 180):.0f} s wall clock per run (setup and stopping-rule checks "
+          f"included), scored on the reporting half ({data.get('report_chars', '?'):,} characters), sliding window.")
+    print(f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores; bf16 matrix instructions: "
+          f"{env.get('cpu_has_fast_bf16')} (AMX {env.get('has_amx_tile')}, AVX-512 BF16 {env.get('has_avx512_bf16')}); "
+          f"so ours runs in {env.get('ours_precision_auto', '?')} here.")
+    head = (f"{'row':<22} {'prec':>5} {'seeds':>5} {'val bits/char (mean ± std)':>27} {'min–max':>13} "
+            f"{'steps':>6} {'passes':>6} {'chars/s':>8} {'wall s':>6}")
     print(head)
     print("-" * len(head))
-    for r in rows:
-        line = (f"{r['name']:<34} {r['vocab']:>6} {r['params']:>9,} {r['steps']:>6} {r['tokens_per_s']:>7,} "
-                f"{r['train_s']:>7.1f} {r['val_bpc']:>8.4f}")
-        if ref:
-            line += f" {r['val_bpc'] / ref:>6.3f}"
-        print(line, flush=True)
+    for name, s in summary["rows"].items():
+        m, sd, lo, hi = s["report_bpc"]
+        print(f"{name:<22} {s['precision']:>5} {s['n']:>5} {m:>19.4f} ± {sd:.4f} {lo:>6.4f}–{hi:.4f} "
+              f"{s['steps'][0]:>6.0f} {s['passes'][0]:>6.2f} {s['chars_per_s'][0]:>8,.0f} {s['wall_s'][0]:>6.1f}")
+    print("\nours / baby GPT bits per character (paired by seed):")
+    for label, r in summary["ratios"].items():
+        m, sd, lo, hi = r["stats"]
+        per = ", ".join(f"seed {s}: {x:.3f}" for s, x in r["per_seed"])
+        print(f"  {label:<46} {m:.3f} ± {sd:.3f} (min–max {lo:.3f}–{hi:.3f}; {per}) "
+              f"goal <= {GOAL}: {'met' if hi <= GOAL else ('met on average' if m <= GOAL else 'NOT met')}")
+    print("\nper run (reporting-half bpc, tuning-half bpc of the kept checkpoint, step kept / steps):")
+    for r in sorted(data["runs"], key=lambda r: (r["seed"], list(ROWS).index(r["row"]) if r["row"] in ROWS else 99)):
+        print(f"  seed {r['seed']} {r['row']:<22} report {r['report_bpc']:.4f}  tune {r['tune_bpc']:.4f}  "
+              f"step {r['best_step']}/{r['steps']} ({r['stopped_by']}), {r['chars_per_s']:,} chars/s, "
+              f"wall {r['wall_s']:.1f}s, load {r['load_avg'][0]}")
+    return summary
 
 
-# Each row changes ONE thing relative to the course recipe (leave-one-out), plus the two ends.
+# ---------------------------------------------------------------------------------------------
+# Ablation (tuning half)
+# ---------------------------------------------------------------------------------------------
+
 def ablation_recipes() -> list[tuple[str, Recipe]]:
+    """Each row changes ONE thing relative to the course recipe (leave-one-out), plus the two ends."""
     ours = COURSE_RECIPE
-    rows = [
-        ("baby GPT (chars, baseline)", BABY_GPT),
-        ("baby GPT + BPE-2048 only", BABY_GPT.with_(vocab_size=2048)),
-        ("ours (course recipe)", ours),
-    ]
-    alt_vocab = [v for v in (1024, 4096) if v != ours.vocab_size]
-    rows += [(f"ours, vocab {v}", ours.with_(vocab_size=v)) for v in alt_vocab]
+    rows = [("baby GPT (chars, baseline)", BABY_GPT), ("baby GPT + BPE-2048 only", BABY_GPT.with_(vocab_size=2048)),
+            ("ours (course recipe)", ours)]
+    rows += [(f"ours, vocab {v}", ours.with_(vocab_size=v)) for v in (1024, 4096) if v != ours.vocab_size]
     rows += [
         (f"ours, context {ours.block_size // 2}", ours.with_(block_size=ours.block_size // 2)),
         ("ours, learned positions (no RoPE)", ours.with_(pos="learned")),
@@ -176,94 +391,129 @@ def ablation_recipes() -> list[tuple[str, Recipe]]:
         ("ours, width 128 (baby's)", ours.with_(n_embd=128)),
         ("ours, lr 1e-3 (baby's)", ours.with_(lr=1e-3, min_lr=1e-4)),
         ("ours, batch 12 (baby's)", ours.with_(batch_size=12)),
-        ("ours + dropout 0.1 (residual branches)", ours.with_(dropout=0.1, attn_dropout=0.0)),
+        ("ours, dropout 0 (residual branches)", ours.with_(dropout=0.0)),
         (f"ours, weight decay {BABY_GPT.weight_decay} (baby's)", ours.with_(weight_decay=BABY_GPT.weight_decay)),
         ("ours, fp32 (no bf16 autocast)", ours.with_(precision="fp32")),
         ("ours, random windows (nanoGPT)", ours.with_(sampling="random")),
-        ("ours + torch.compile", ours.with_(compile=not ours.compile)),
+        ("ours, no pass cap", ours.with_(max_passes=None)),
     ]
     return rows
 
 
+def explore_recipe(name: str) -> tuple[Recipe, int]:
+    """A candidate for ``--explore``: a protocol row name, or ``"ours|baby field=value ... threads=N"``
+    (e.g. ``"ours dropout=0.1 max_passes=7 threads=2"``; ``max_passes=none`` for no cap)."""
+    if name in ROWS:
+        return ROWS[name]
+    base, *pairs = name.split()
+    recipe = {"ours": COURSE_RECIPE, "baby": BABY_GPT}.get(base)
+    if recipe is None or not all("=" in p for p in pairs):
+        raise ValueError(f"explore row {name!r}: a protocol row ({list(ROWS)}) or 'ours|baby field=value ... threads=N'")
+    changes, threads = {}, 2
+    for p in pairs:
+        k, v = p.split("=", 1)
+        if k == "threads":
+            threads = int(v)
+            continue
+        changes[k] = None if v == "none" else type(getattr(recipe, k) if getattr(recipe, k) is not None else 1.0)(v)
+    return recipe.with_(**changes), threads
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per model (default 180)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ablation", action="store_true", help="run every lever (see ablation_recipes)")
-    parser.add_argument("--ablation-budget", type=float, default=None,
-                        help="seconds per ablation run (default: --budget)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="ablation runs side by side, each with --threads threads (default 1)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these ablation rows (substring match)")
-    parser.add_argument("--vocab-sweep", action="store_true",
-                        help="bpc at fixed compute for several vocab sizes on the course corpus")
-    parser.add_argument("--vocab-sizes", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="headline: run the baseline and ours this many times, alternating (default 1)")
+    parser.add_argument("--next", type=int, default=None, metavar="K",
+                        help="protocol: run the next K slots not yet in the results file and append them")
+    parser.add_argument("--report", action="store_true", help="protocol: print the table of the results file")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per run (default 180)")
+    parser.add_argument("--explore", action="store_true", help="exploration runs (tuning half only)")
+    parser.add_argument("--rows", nargs="*", default=None, help="--explore: row names (see explore_recipes)")
+    parser.add_argument("--threads", type=int, default=2, help="--ablation: torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="--ablation: runs side by side")
+    parser.add_argument("--ablation", action="store_true", help="run every lever (tuning half)")
+    parser.add_argument("--only", nargs="*", default=None, help="--ablation: only these rows (substring match)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
+    if args.budget <= 0:
+        parser.error(f"--budget must be > 0 seconds, got {args.budget}")
+    if args.next is not None and args.next < 1:
+        parser.error(f"--next must be >= 1, got {args.next}")
+    env = environment()
+
+    if args.report or args.next is not None:
+        out = args.out or PROTOCOL_FILE
+        data = load_results(out)
+        if args.next is not None:
+            if data["runs"] and data.get("budget_s") != args.budget:
+                parser.error(f"{out} holds runs with a {data.get('budget_s')} s budget; use the same --budget")
+            _, tune_text, report_text = split_text(load_tinyshakespeare())
+            data.update(budget_s=args.budget, environment=env, seeds=args.seeds, checks=list(CHECKS),
+                        tune_chars=len(tune_text), report_chars=len(report_text),
+                        command=f"python benchmarks/pretrain_cpu.py --next K --budget {args.budget:g} "
+                                f"--seeds {' '.join(map(str, args.seeds))}")
+            data.setdefault("invocations", []).append(
+                {"argv": ["python", "benchmarks/pretrain_cpu.py", *(argv if argv is not None else sys.argv[1:])],
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_avg": list(os.getloadavg())})
+            done = {(r["row"], r["seed"]) for r in data["runs"]}
+            todo = [(seed, slot) for seed in args.seeds for slot in SLOTS
+                    if not all((row, seed) in done for row in slot)]
+            if not todo:
+                print("every slot of the protocol is done")
+            for seed, slot in todo[:args.next]:
+                print(f"{time.strftime('%H:%M:%S')} seed {seed}: {' | '.join(slot)} "
+                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
+                rows = run_slot([(row, *ROWS[row]) for row in slot if (row, seed) not in done], args.budget, seed)
+                for r in rows:
+                    print(f"  {r['row']}: report {r['report_bpc']:.4f} bpc, tune {r['tune_bpc']:.4f}, "
+                          f"{r['steps']} steps ({r['passes']} passes, kept {r['best_step']}), "
+                          f"{r['chars_per_s']:,} chars/s, wall {r['wall_s']}s", flush=True)
+                data["runs"].extend(rows)
+                save_results(out, data)
+        if data["runs"]:
+            print()
+            print_report(data)
+        return
+
+    if args.explore:
+        out = args.out or EXPLORE_FILE
+        if not args.rows:
+            parser.error("--explore needs --rows (see explore_recipe)")
+        recipes = {row: explore_recipe(row) for row in args.rows}
+        data = load_results(out)
+        data["note"] = "exploration: tuning half only, used to choose the stopping rule; not a reported result"
+        for seed in args.seeds:
+            jobs = [(row, *recipes[row]) for row in args.rows]
+            # 1-thread rows two at a time; 2-thread rows one at a time
+            while jobs:
+                take = [jobs.pop(0)]
+                if take[0][2] == 1 and jobs and jobs[0][2] == 1:
+                    take.append(jobs.pop(0))
+                for r in run_slot(take, args.budget, seed, score_report=False):
+                    r["budget_s"] = args.budget
+                    r["side_by_side"] = len(take)
+                    data["runs"].append(r)
+                    print(f"{r['row']:<32} seed {seed} budget {args.budget:.0f}s: tune {r['tune_bpc']:.4f} "
+                          f"(kept step {r['best_step']}/{r['steps']}, {r['passes']} passes, {r['stopped_by']}), "
+                          f"{r['chars_per_s']:,} chars/s, checks {r['checks']}", flush=True)
+                save_results(out, data)
+        return
+
     torch.set_num_threads(args.threads)
-    env = environment(args.threads)
-    env["jobs"] = args.jobs if args.ablation else 1
-    print(f"torch {env['torch']}, {args.threads} threads, load average before: {env['load_avg_before']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-
-    if args.vocab_sweep:
-        from utils.data import load_corpus
-
-        corpus = load_corpus()
-        tv = (corpus.text("train"), corpus.text("val"))
-        rows = []
-        for v in args.vocab_sizes:
-            rows.append(run(f"course corpus, vocab {v}", COURSE_RECIPE.with_(vocab_size=v), args.budget,
-                            args.seed, text=tv[0] + tv[1], train_val=tv))
-            print_table(rows[-1:])
-        print_table(rows, title=f"Vocab sweep: course recipe, course corpus, {args.budget:.0f} s each")
-        out = args.out or RESULTS / "vocab_sweep.json"
-    elif args.ablation:
-        budget = args.ablation_budget or args.budget
+    if args.ablation:
         recipes = ablation_recipes()
         if args.only:
             recipes = [(n, r) for n, r in recipes if any(s in n for s in args.only)]
-        rows = run_many(recipes, budget, args.seed, args.threads, args.jobs)
-        print_table(rows, reference="baby GPT (chars, baseline)",
-                    title=f"Ablation: Tiny Shakespeare, {budget:.0f} s per run, {args.threads} thread(s) each, "
-                          f"{args.jobs} run(s) at a time (ratio = val bpc / baseline's)")
-        out = args.out or RESULTS / "pretrain_ablation.json"
-    else:
-        base, ours = "baby GPT (chars, baseline)", "ours (course recipe)"
-        rows, pairs = [], []
-        for i in range(args.repeats):  # alternate, so a drift in machine speed hits both alike
-            suffix = f" #{i + 1}" if args.repeats > 1 else ""
-            rows.append(run(base + suffix, BABY_GPT, args.budget, args.seed))
-            print_table(rows[-1:])
-            rows.append(run(ours + suffix, COURSE_RECIPE, args.budget, args.seed))
-            print_table(rows[-1:])
-            pairs.append(rows[-1]["val_bpc"] / rows[-2]["val_bpc"])
-        # each of the recipe's two training choices undone, and the lever that needs several
-        # passes over the text to show (weight decay)
-        variants = [(f"ours, random windows (nanoGPT)", COURSE_RECIPE.with_(sampling="random")),
-                    (f"ours, weight decay {BABY_GPT.weight_decay} (baby's)",
-                     COURSE_RECIPE.with_(weight_decay=BABY_GPT.weight_decay))]
-        if resolve_precision("cpu", COURSE_RECIPE.precision) != "fp32":
-            variants.insert(0, ("ours, fp32 (no bf16 autocast)", COURSE_RECIPE.with_(precision="fp32")))
-        for name, recipe in variants:
-            rows.append(run(name, recipe, args.budget, args.seed))
-            print_table(rows[-1:])
-        print_table(rows, reference=base + (" #1" if args.repeats > 1 else ""),
-                    title=f"Tiny Shakespeare, {args.budget:.0f} s wall clock per model, {args.threads} threads")
-        ratio = sum(pairs) / len(pairs)
-        print(f"\nours / baseline bits per character: {ratio:.3f} (goal <= 0.85)"
-              + (f"; mean of {len(pairs)} alternating pairs: " + ", ".join(f"{p:.3f}" for p in pairs)
-                 if len(pairs) > 1 else ""))
-        env["pair_ratios"] = [round(p, 4) for p in pairs]
-        env["ratio"] = round(ratio, 4)
-        out = args.out or RESULTS / "pretrain_cpu.json"
-    env["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    out.write_text(json.dumps({"environment": env, "budget_s": args.ablation_budget or args.budget,
-                               "rows": rows}, indent=1) + "\n")
-    print(f"load average after: {env['load_avg_after']}; wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+        jobs = [(n, r, args.threads) for n, r in recipes]
+        rows = []
+        for i in range(0, len(jobs), args.jobs):
+            rows += run_slot(jobs[i:i + args.jobs], args.budget, 0, score_report=False)
+            for r in rows[-args.jobs:]:
+                print(f"{r['row']:<40} tune {r['tune_bpc']:.4f} ({r['steps']} steps)", flush=True)
+        out = args.out or RESULTS / "pretrain_cpu_ablation.json"
+        save_results(out, {"environment": env, "budget_s": args.budget, "threads": args.threads,
+                           "jobs": args.jobs, "note": "tuning half", "runs": rows})
+        return
+    parser.error("choose --next K, --report, --explore or --ablation")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,58 @@ def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacit
         assert other[4] == results[0][4]
 
 
+@pytest.mark.parametrize("mlp", ["swiglu", "gelu", "relu"])
+def test_fused_sorted_experts_equal_the_autograd_version_with_an_empty_expert(mlp):
+    torch.manual_seed(0)
+    experts = Experts(5, 12, 7, mlp).double()
+    counts = [3, 0, 6, 1, 4]  # expert 1 gets no rows: its weight gradient must be exactly zero
+    xs = torch.randn(14, 12, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(14, 12, dtype=torch.float64)
+    grads = []
+    for run in (experts.run_sorted, experts.run_sorted_autograd):
+        xs.grad = None
+        experts.zero_grad(set_to_none=True)
+        y = run(xs, counts)
+        (y * g).sum().backward()
+        grads.append((y.detach(), xs.grad, experts.w_in.grad, experts.w_out.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert grads[0][2][1].abs().max() == 0 and grads[0][3][1].abs().max() == 0
+    assert grads[0][2][0].abs().max() > 0
+
+
+def test_fused_sorted_experts_pass_gradcheck():
+    from utils.moe import _SortedExpertsFn
+
+    torch.manual_seed(1)
+    experts = Experts(3, 6, 5, "swiglu").double()
+    xs = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: _SortedExpertsFn.apply(x, a, b, (2, 0, 5), "swiglu"),
+                                    (xs, experts.w_in, experts.w_out))
+
+
+def test_fused_sorted_experts_under_bf16_autocast_match_autograd_and_keep_fp32_gradients():
+    torch.manual_seed(2)
+    experts = Experts(4, 16, 8)
+    xs = torch.randn(10, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = experts.run_sorted(xs, [4, 3, 0, 3])
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert experts.w_in.grad.dtype == torch.float32 and xs.grad.dtype == torch.float32
+    with torch.no_grad():
+        ref = experts.run_sorted_autograd(xs.bfloat16().float(), [4, 3, 0, 3])
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-3)
+
+
+def test_sorted_experts_refuse_counts_that_do_not_match_the_rows():
+    experts = Experts(3, 8, 4)
+    with pytest.raises(ValueError, match="counts must be 3 non-negative row counts summing to xs.shape"):
+        experts.run_sorted(torch.randn(5, 8), [2, 2, 2])
+    with pytest.raises(ValueError, match="counts must be 3"):
+        experts.run_sorted(torch.randn(4, 8), [2, 2])
+
+
 # -- capacity --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dispatch", DISPATCHES)

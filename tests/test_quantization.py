@@ -211,6 +211,28 @@ def test_quant_linear_equals_f_linear_with_the_dequantized_weight(bits, symmetri
     assert q.state_dict()["codes"].dtype == torch.uint8
 
 
+@pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="this torch has no weight-only int8 kernel")
+def test_int8_weight_only_with_bf16_inputs_uses_the_int8_kernel_and_follows_changed_codes():
+    torch.manual_seed(4)
+    lin = nn.Linear(64, 32)
+    q = QuantLinear.from_linear(lin, 8, True, "channel")
+    x = torch.randn(3, 5, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        y = q(x)
+        ref = F.linear(x.float(), q.dequantized_weight(torch.float32), lin.bias.detach())
+    assert y.dtype == torch.bfloat16 and y.shape == (3, 5, 32)
+    assert (y.float() - ref).abs().max() <= 0.01 * ref.abs().max()  # bf16 rounding, not a wrong weight
+    assert q._signed_int8_weight().dtype == torch.int8
+    torch.testing.assert_close(q._signed_int8_weight().float(), q.quantized().int_codes().float(), rtol=0, atol=0)
+    # codes replaced in place (as load_state_dict does): the cached int8 copy follows
+    other = QuantLinear.from_linear(nn.Linear(64, 32), 8, True, "channel")
+    q.load_state_dict({**other.state_dict(), "bias": lin.bias.detach()})
+    with torch.no_grad():
+        y2 = q(x)
+        ref2 = F.linear(x.float(), other.dequantized_weight(torch.float32), lin.bias.detach())
+    assert (y2.float() - ref2).abs().max() <= 0.01 * ref2.abs().max()
+
+
 def test_quantize_model_skips_the_tied_head_and_stays_close_at_8_bits():
     model = _tiny_gpt()
     ref = copy.deepcopy(model)
@@ -396,6 +418,32 @@ def test_gptq_quantize_model_quantizes_every_selected_layer_and_lowers_loss_vs_r
         e_g = ((gptq(calib)[0] - ref) ** 2).mean()
         e_r = ((rtn(calib)[0] - ref) ** 2).mean()
     assert e_g < e_r
+
+
+def test_gptq_true_sequential_takes_each_hessian_from_the_already_quantized_layers_before_it():
+    model = _tiny_gpt(seed=3)
+    calib = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(bits=3, symmetric=False)
+    seq = gptq_quantize_model(copy.deepcopy(model), calib, cfg, true_sequential=True)
+    par = gptq_quantize_model(copy.deepcopy(model), calib, cfg, true_sequential=False)
+    # the first layer of the first block sees float inputs either way
+    assert torch.equal(seq.blocks[0].attn.qkv_proj.codes, par.blocks[0].attn.qkv_proj.codes)
+    # block 0's down_proj: its Hessian comes from the model whose other block-0 layers are already quantized
+    ref = copy.deepcopy(model)
+    for name in ("attn.qkv_proj", "attn.out_proj", "mlp.gate_up_proj"):
+        parent, _, child = name.rpartition(".")
+        setattr(ref.blocks[0].get_submodule(parent), child, copy.deepcopy(seq.blocks[0].get_submodule(name)))
+    cap = {}
+    down = ref.blocks[0].mlp.down_proj
+    h = down.register_forward_pre_hook(lambda mod, args: cap.update(x=args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        ref(calib)
+    h.remove()
+    x = cap["x"]
+    H = 2.0 / x.shape[0] * (x.t() @ x)
+    expected = gptq_quantize(model.blocks[0].mlp.down_proj.weight, H, 3, False, None)
+    assert torch.equal(seq.blocks[0].mlp.down_proj.codes, expected.codes)
+    assert not torch.equal(par.blocks[0].mlp.down_proj.codes, expected.codes)
 
 
 def test_gptq_rejects_bad_inputs():

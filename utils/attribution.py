@@ -10,7 +10,9 @@
   ridge regression); its coefficients are the attributions.
 
 ``f`` is any function of a batch: for the course GPT, :func:`embedding_forward` turns "model +
-head on the hidden states" into a function of the token embeddings.
+head on the hidden states" into a function of the token embeddings, and :func:`embeddings_forward`
+does the same for any scorer of token ids that looks its tokens up in one embedding table (e.g.
+notebook 07's ``SequenceClassifier``: ``lambda ids: clf(ids)[:, label]``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["occlusion", "integrated_gradients", "lime_surrogate", "embedding_forward", "riemann_weights",
-           "gauss_legendre_weights"]
+__all__ = ["occlusion", "integrated_gradients", "lime_surrogate", "embedding_forward", "embeddings_forward",
+           "riemann_weights", "gauss_legendre_weights"]
 
 
 def gauss_legendre_weights(steps: int) -> tuple[list[float], list[float]]:
@@ -86,13 +88,14 @@ def integrated_gradients(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
 def occlusion(f: Callable[[torch.Tensor], torch.Tensor], ids: Sequence[int] | torch.Tensor, replacement_id: int,
               batch_size: int = 64) -> torch.Tensor:
     """Score drop when each token is replaced by ``replacement_id``: ``f(ids) - f(ids with token i
-    replaced)``, one value per token (T,). ``f`` maps (N, T) id batches to scores (N,)."""
+    replaced)``, one value per token (T,). ``f`` maps (N, T) id batches to scores (N,); the batches
+    are on ``ids``' device (a tensor keeps its device)."""
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids.numel() == 0:
         raise ValueError("ids is empty: nothing to occlude")
     T = len(ids)
     variants = ids.repeat(T + 1, 1)
-    variants[torch.arange(1, T + 1), torch.arange(T)] = replacement_id
+    variants[torch.arange(1, T + 1, device=ids.device), torch.arange(T, device=ids.device)] = replacement_id
     scores = torch.cat([f(variants[i:i + batch_size]) for i in range(0, T + 1, batch_size)])
     return scores[0] - scores[1:]
 
@@ -138,12 +141,34 @@ def lime_surrogate(f: Callable[[list[str]], Sequence[float]], words: Sequence[st
 
 
 @contextlib.contextmanager
-def _embeddings_replaced(model: nn.Module, emb: torch.Tensor):
-    handle = model.wte.register_forward_hook(lambda mod, inp, out: emb)
+def _embeddings_replaced(embedding: nn.Module, emb: torch.Tensor):
+    handle = embedding.register_forward_hook(lambda mod, inp, out: emb)
     try:
         yield
     finally:
         handle.remove()
+
+
+def embeddings_forward(score: Callable[[torch.Tensor], torch.Tensor], embedding: nn.Module,
+                       ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function of token embeddings (N, T, C) -> scores (N,): ``score`` maps token ids (N, T) to
+    scores (N,) and looks the tokens up in ``embedding`` (e.g. ``clf.backbone.wte``); the given
+    embeddings replace that lookup's output for the token ids ``ids`` (T,). For gradient methods
+    (IG) on any model with an embedding table; the ids go to the embeddings' device."""
+    if not isinstance(embedding, nn.Module):
+        raise TypeError(f"embedding must be the nn.Module that embeds the tokens, got {type(embedding).__name__}")
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if ids.numel() == 0:
+        raise ValueError("ids is empty: nothing to attribute")
+
+    def f(emb: torch.Tensor) -> torch.Tensor:
+        if emb.dim() != 3 or emb.shape[1] != len(ids):
+            raise ValueError(f"embeddings must be (N, {len(ids)}, C) for the {len(ids)} ids, got {tuple(emb.shape)}")
+        batch = ids.to(emb.device).repeat(emb.shape[0], 1)
+        with _embeddings_replaced(embedding, emb):
+            return score(batch)
+
+    return f
 
 
 def embedding_forward(model: nn.Module, head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -153,13 +178,7 @@ def embedding_forward(model: nn.Module, head: Callable[[torch.Tensor, torch.Tens
     mask (N, T))`` turns the final hidden states into a score. For gradient methods (IG)."""
     from utils.metrics import hidden_states
 
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return head(hidden_states(model, batch), torch.ones(batch.shape, dtype=torch.bool, device=batch.device))
 
-    def f(emb: torch.Tensor) -> torch.Tensor:
-        n = emb.shape[0]
-        batch = ids.repeat(n, 1).to(emb.device)
-        with _embeddings_replaced(model, emb):
-            h = hidden_states(model, batch)
-        return head(h, torch.ones(n, len(ids), dtype=torch.bool, device=emb.device))
-
-    return f
+    return embeddings_forward(score, model.wte, ids)

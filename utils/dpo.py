@@ -45,6 +45,8 @@ def response_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
     :func:`utils.instruct.batch_examples` (targets -100 on the prompt and padding)."""
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     logits, _ = model(x)
     logp = logits.float().log_softmax(-1)
     keep = y != -100
@@ -117,6 +119,8 @@ def encode_pairs(tokenizer, pairs: list[PreferencePair], max_len: int) -> dict[s
 def mean_kl(policy: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean over the positions where y != -100 of KL(policy || reference) of the next-token
     distributions (nats per token)."""
+    device = next(policy.parameters()).device
+    x, y = x.to(device), y.to(device)
     lp = policy(x)[0].float().log_softmax(-1)
     lq = reference(x)[0].float().log_softmax(-1)
     kl = (lp.exp() * (lp - lq)).sum(-1)

