@@ -593,3 +593,10 @@ def test_the_quantized_course_model_reloads_from_its_checkpoint_with_identical_l
     with torch.no_grad():
         assert torch.equal(model.eval()(idx)[0], loaded.eval()(idx)[0])
 
+
+
+def test_gptq_true_sequential_must_be_a_bool():
+    model = _tiny_gpt(seed=3)
+    calib = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="true_sequential must be True or False"):
+        gptq_quantize_model(model, calib, QuantConfig(bits=4), true_sequential="yes")

@@ -905,6 +905,8 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, config: Qua
         raise ValueError("GPTQ here produces weight-only int codes: use QuantConfig(kind='weight', format='int')")
     if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
         raise ValueError("calibration must be a (N, T) tensor of token ids (torch.long)")
+    if not isinstance(true_sequential, bool):
+        raise TypeError(f"true_sequential must be True or False, got {true_sequential!r}")
     targets = dict(_selected_linears(model, config))
     blocks = list(getattr(model, "blocks", []))
     groups: list[tuple[nn.Module | None, list[str]]] = []
