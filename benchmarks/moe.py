@@ -15,13 +15,18 @@ Designs, same numbers (tested), different speed:
 - ``sort, autograd per expert``: the same with one ``F.linear`` pair per expert built from ordinary
   autograd operations (``Experts.run_sorted_autograd``: split, per-expert activation, concatenation,
   and a stack of the per-expert weight gradients in the backward);
-- ``grouped_mm``: the same sorted rows through PyTorch's ``F.grouped_mm`` (where this PyTorch has it);
+- ``grouped_mm``: the layer's ``grouped_mm`` dispatch: the same sorted rows through PyTorch's
+  ``F.grouped_mm`` (where this PyTorch has it);
 - ``loop``: the loop over experts with a boolean mask over all assignments that most tutorials write;
 - ``bmm``: capacity factor 1.25, every expert's tokens in padded slots (E, capacity, C), one batched
   matmul pair for all experts; assignments over capacity are dropped (their share is printed);
 - ``sort, w[e] indexed``: ``sort`` but each expert's weights taken as ``w_in[e]`` from the stacked
   parameter (as Hugging Face's eager ``MixtralExperts`` loop does) instead of one ``unbind``: the
   backward of every ``w_in[e]`` is a full-size zero gradient of all experts, so the cost grows as E^2.
+
+The input batch and the weights are the same every step, so the routing (and every matmul's shape) repeats:
+in CPU bf16 this hides the cost of oneDNN compiling a kernel per new shape that training pays when the
+per-expert row counts change (``Experts.run_sorted`` pads them for that; notebook 05 times a training step).
 
 Every step starts with the gradients set to None, as a training step does after ``zero_grad()``.
 ``--device cuda --dtype bf16`` times the same designs on a GPU (synchronising before and after each
@@ -72,18 +77,8 @@ class AutogradExperts(Experts):
         return self.run_sorted_autograd(xs, counts)
 
 
-class GroupedExperts(Experts):
-    """Experts run by ``F.grouped_mm`` on the rows sorted by expert (one call per layer of the MLP)."""
-
-    def run_sorted(self, xs, counts):
-        offs = torch.tensor(counts, device=xs.device).cumsum(0).to(torch.int32)
-        h = F.grouped_mm(xs, self.w_in.transpose(1, 2), offs=offs)
-        return F.grouped_mm(self._act(h), self.w_out.transpose(1, 2), offs=offs)
-
-
 DESIGNS = ["dense", "sort", "sort, autograd per expert", "grouped_mm", "loop", "bmm", "sort, w[e] indexed"]
-EXPERT_CLASSES = {"sort, autograd per expert": AutogradExperts, "grouped_mm": GroupedExperts,
-                  "sort, w[e] indexed": IndexedExperts}
+EXPERT_CLASSES = {"sort, autograd per expert": AutogradExperts, "sort, w[e] indexed": IndexedExperts}
 
 
 def make_step(kind: str, n_expert: int, args, device, dtype):
@@ -102,7 +97,7 @@ def make_step(kind: str, n_expert: int, args, device, dtype):
             y = dense.expert(0, x)
             (y * g).sum().backward()
         return step, info
-    cfg = MoEConfig(n_embd=C, n_expert=n_expert, top_k=k, expert_hidden=H, dispatch="sort" if kind == "grouped_mm" else kind.split(",")[0],
+    cfg = MoEConfig(n_embd=C, n_expert=n_expert, top_k=k, expert_hidden=H, dispatch=kind.split(",")[0],
                     capacity_factor=args.capacity_factor if kind == "bmm" else None)
     layer = MoELayer(cfg).to(device=device, dtype=dtype)
     if kind in EXPERT_CLASSES:

@@ -54,6 +54,37 @@ Exploration (``--explore``) uses the same run function with any budget and rows,
 tuning half and writes ``benchmarks/results/pretrain_cpu_explore.json``: it is for choosing, not
 for reporting. The ablation (``--ablation``) is the older tool for choosing levers, now
 scored on the tuning half too.
+
+Second round: levers for the reporting half's gap (tuning half only)
+--------------------------------------------------------------------
+The protocol's 2-thread ratio is above the goal on the reporting half, 62% of which is the start
+of *The Tempest*, a play the training text lacks (per part, ours / baby is ~0.90 there and ~0.78 on
+the Shrew part). Levers tried with ``--explore`` (seed 0, 2 threads, 180 s, one run each; rows
+``"ours bpe_dropout=0.1 threads=2"`` etc.), compared with the course recipe's two seed-0 2-thread runs
+on the tuning half (1.9095 in the protocol, 1.9399 in an earlier ``--explore`` run: that spread is the
+noise of one run). The rule, fixed after the BPE-dropout runs and before the other three: a lever wins
+if it beats both.
+
+* **BPE-dropout** (``Recipe.bpe_dropout``; Provilkov et al. 2020): each applicable merge skipped with
+  probability p when the *training* text is encoded, a fresh segmentation at every pass
+  (:class:`DropoutSegmentations`: 8 dropout segmentations per distinct chunk, drawn in the run's setup,
+  ~1 s inside the budget; :class:`ResegmentingSampler`: the passes of ``sampling="epochs"``). Scoring
+  always uses the deterministic encoding. p=0.05: 1.9816; p=0.1: 2.0689 - worse the more dropout, at
+  about the same number of steps (shorter tokens: 2.88 and 2.68 characters per training token
+  instead of 3.16, so fewer characters per step).
+* **Learning rate 3e-3** (min 3e-4) instead of 2e-3: 1.9364.
+* **Weight averaging** (``Recipe.ema=0.99``, an exponential moving average of the weights, scored and
+  kept at the stopping rule's checks): 1.9294.
+* **Vocabulary 1024** instead of 2048 (2.62 characters per token instead of 3.16): 1.9667.
+* **Width 128** (the baby's) instead of 192, the best single change of the earlier ablation (which was
+  scored on the whole held-out 10%): 1,193 steps instead of ~1,000-1,100, 1.9676.
+
+No lever beat both runs of the recipe, so no lever was run on the reporting half and the protocol's
+rows are unchanged; the course recipe (``COURSE_RECIPE``, ``make pretrain``) does not use them
+(``bpe_dropout=0``, ``ema=0``). Caveat: the tuning half is *The Taming of the Shrew*, which the training
+text partly contains, so a lever that helps only on an unseen play (what BPE-dropout is meant for) could
+lose there and still help on the reporting half's *Tempest*; a split whose tuning half also holds an
+unseen play would let tuning see that, and was not tried.
 """
 
 from __future__ import annotations
@@ -126,6 +157,12 @@ def split_text(text: str) -> tuple[str, str, str]:
 def encode(recipe: Recipe, train_text: str, scored: dict[str, str], full_text: str):
     """Token ids of the train text and of each scored text (given as ``"\\n" + text``, the newline
     a token of its own), and the vocabulary size: characters, or BPE trained on ``train_text``."""
+    return _encode(recipe, train_text, scored, full_text)[:5]
+
+
+def _encode(recipe: Recipe, train_text: str, scored: dict[str, str], full_text: str):
+    """:func:`encode`, and the BPE tokenizer (``None`` for characters)."""
+    tok = None
     if recipe.vocab_size is None:
         chars = sorted(set(full_text))  # as nanoGPT's prepare.py: the alphabet of the whole file
         stoi = {c: i for i, c in enumerate(chars)}
@@ -147,7 +184,102 @@ def encode(recipe: Recipe, train_text: str, scored: dict[str, str], full_text: s
         if dec(ids[:1]) != "\n" or dec(ids[1:]) != s:  # so both models predict exactly the characters of s
             raise RuntimeError(f"the {name} text does not tokenize as '\\n' + its own tokens")
         out[name] = torch.tensor(ids)
-    return torch.tensor(enc(train_text)), out, vocab, enc, dec
+    return torch.tensor(enc(train_text)), out, vocab, enc, dec, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE-dropout: the training text re-segmented at every pass
+# ---------------------------------------------------------------------------------------------
+
+DROPOUT_VARIANTS = 8  # BPE-dropout segmentations drawn per distinct chunk of the training text
+
+
+class DropoutSegmentations:
+    """The training text's chunks (pre-tokenized as the tokenizer does), each distinct chunk encoded
+    ``variants`` times with BPE-dropout (:func:`utils.bpe_encode.encode_chunk_dropout`, merges
+    skipped with probability ``p``). :meth:`stream` draws one variant per occurrence of a chunk:
+    a fresh segmentation of the whole text for each pass, in a few tens of milliseconds (encoding the
+    whole text with dropout would take about a second per pass; precomputing the variants takes
+    about as long once, inside the run's budget). Every stream decodes to the training text."""
+
+    def __init__(self, tok, text: str, p: float, variants: int = DROPOUT_VARIANTS, seed: int = 0):
+        import random
+
+        from utils.bpe_encode import encode_chunk_dropout
+        from utils.pretokenize import split_text
+
+        if not isinstance(variants, int) or isinstance(variants, bool) or variants < 1:
+            raise ValueError(f"variants must be an int >= 1, got {variants!r}")
+        rng = random.Random(seed)
+        index: dict[str, int] = {}
+        occurrences = [index.setdefault(c, len(index)) for c in split_text(text, tok.pattern)]
+        flat: list[int] = []
+        starts, lengths = [], []
+        to_id = tok.byte_to_id
+        for chunk in index:  # insertion order = the chunk's id
+            ids = [to_id[b] for b in chunk.encode("utf-8")]
+            for _ in range(variants):
+                seg = encode_chunk_dropout(ids, tok.merges, p, rng)
+                starts.append(len(flat))
+                lengths.append(len(seg))
+                flat.extend(seg)
+        self.p, self.variants, self.n_chars = p, variants, len(text)
+        self.flat = torch.tensor(flat)
+        self.starts = torch.tensor(starts).view(len(index), variants)
+        self.lengths = torch.tensor(lengths).view(len(index), variants)
+        self.occurrences = torch.tensor(occurrences)
+        # expected tokens per pass: each occurrence's mean variant length
+        self.tokens_per_pass = float(self.lengths.float().mean(1)[self.occurrences].sum())
+
+    def stream(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One segmentation of the whole text: a variant drawn at random for every chunk occurrence."""
+        pick = torch.randint(self.variants, (len(self.occurrences),), generator=generator)
+        starts = self.starts[self.occurrences, pick]
+        lengths = self.lengths[self.occurrences, pick]
+        total = int(lengths.sum())
+        shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+        return self.flat[shift + torch.arange(total)]
+
+
+class ResegmentingSampler:
+    """``utils.data.EpochSampler``'s passes (non-overlapping windows at a random offset, shuffled,
+    every token once per pass) over a token stream that is drawn anew for every pass
+    (:meth:`DropoutSegmentations.stream`). ``next_batch()`` -> ``(x, y)`` of shape (batch, block)."""
+
+    def __init__(self, segmentations: DropoutSegmentations, batch_size: int, block_size: int,
+                 generator: torch.Generator, device: torch.device | str | None = None):
+        self.seg, self.batch_size, self.block_size = segmentations, batch_size, block_size
+        self.generator, self.device = generator, device
+        self.passes, self.tokens_drawn = 0, 0
+        self._order, self._next, self.data = torch.empty(0, dtype=torch.long), 0, None
+
+    def _new_pass(self) -> None:
+        self.data = self.seg.stream(self.generator)
+        self.tokens_drawn += len(self.data)
+        span = self.block_size + 1
+        room = len(self.data) - span
+        offset = int(torch.randint(min(span, room + 1), (1,), generator=self.generator))
+        starts = torch.arange(offset, room + 1, span)
+        self._order = starts[torch.randperm(len(starts), generator=self.generator)]
+        self._next = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # unlike EpochSampler, each part is cut at once: a batch may straddle two passes, whose streams differ
+        parts, need = [], self.batch_size
+        while need:
+            if self._next >= len(self._order):
+                if len(self._order):
+                    self.passes += 1
+                self._new_pass()
+            take = self._order[self._next:self._next + need]
+            self._next += len(take)
+            need -= len(take)
+            parts.append(self.data[take[:, None] + torch.arange(self.block_size + 1)])
+        windows = torch.cat(parts).long()
+        x, y = windows[:, :-1], windows[:, 1:]
+        if self.device is not None:
+            x, y = x.to(self.device), y.to(self.device)
+        return x, y
 
 
 UNSEEN_PLAY = "\n\nMaster:\n"  # The Tempest's first speech: the reporting half ends with a play the training text lacks
@@ -189,8 +321,11 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
     t_start = time.perf_counter()
     text = text if text is not None else load_tinyshakespeare()
     train_text, tune_text, report_text = split_text(text)
-    train_ids, scored, vocab, enc, dec = encode(recipe, train_text, {"tune": tune_text, "report": report_text}, text)
+    train_ids, scored, vocab, enc, dec, tok = _encode(recipe, train_text, {"tune": tune_text, "report": report_text},
+                                                      text)
     tune_ids = scored["tune"]
+    # BPE-dropout: variants of every chunk drawn now (their cost is setup, inside the budget)
+    segs = DropoutSegmentations(tok, train_text, recipe.bpe_dropout, seed=seed) if recipe.bpe_dropout else None
     set_seed(seed)
     model = GPT(recipe.model_config(vocab))
     n_params = sum(p.numel() for p in model.parameters())
@@ -204,21 +339,35 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
     if train_budget < 0.2 * budget:
         raise RuntimeError(f"{row}: setup {setup:.1f}s and checks ({len(checks) + 1} x {check_s:.1f}s) leave "
                            f"only {train_budget:.1f}s of a {budget:.0f}s budget for training")
-    max_steps = max_steps_for(recipe, len(train_ids))
+    n_train_tokens = round(segs.tokens_per_pass) if segs is not None else len(train_ids)
+    max_steps = max_steps_for(recipe, n_train_tokens)
     state = {"next": 0, "best": math.inf, "best_step": 0, "weights": None, "seconds": check_s}
     history = [(0, 0.0, round(untrained_tune, 4))]
 
+    params = [p for p in model.parameters()]
+    ema = [p.detach().clone() for p in params] if recipe.ema else None
+
     def check(step: int, result) -> None:
+        if ema is not None:  # the average moves every step (debiased early: decay (1 + step) / (10 + step) at first)
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - min(recipe.ema, (1 + step) / (10 + step)))
         final = step >= max_steps or result.seconds >= cfg.time_budget_s
         if not final and (state["next"] >= len(checks) or result.seconds < checks[state["next"]] * train_budget):
             return
         while state["next"] < len(checks) and result.seconds >= checks[state["next"]] * train_budget:
             state["next"] += 1
         t = time.perf_counter()
+        if ema is not None:  # score (and keep) the averaged weights; training goes on from its own
+            with torch.no_grad():
+                own = [p.detach().clone() for p in params]
+                torch._foreach_copy_(params, ema)
         bpc = score_bpc(model, tune_ids, len(tune_text))
         if bpc < state["best"]:
             state.update(best=bpc, best_step=step,
                          weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(params, own)
         state["seconds"] += time.perf_counter() - t
         history.append((step, round(result.seconds, 1), round(bpc, 4)))
         if not final:  # keep the whole run inside the budget: what is left, less the checks still to come
@@ -227,8 +376,21 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
 
     cfg = recipe.train_config(max_steps=max_steps, time_budget_s=train_budget, eval_interval=0, eval_iters=1,
                               progress=False, seed=seed)
-    result = train(model, train_ids, tune_ids, cfg, callback=check)
-    if state["weights"] is not None and state["best_step"] != result.steps:
+    if segs is None:
+        result = train(model, train_ids, tune_ids, cfg, callback=check)
+    else:  # the same passes as sampling="epochs", over a segmentation drawn anew for every pass
+        gen, val_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+        sampler = ResegmentingSampler(segs, recipe.batch_size, recipe.block_size, gen)
+        block = recipe.block_size
+
+        def get_batch(split: str):  # "val": the loss train() logs at its end (not used here)
+            if split == "train":
+                return sampler.next_batch()
+            starts = torch.randint(len(tune_ids) - block - 1, (recipe.batch_size,), generator=val_gen)
+            w = tune_ids[starts[:, None] + torch.arange(block + 1)]
+            return w[:, :-1], w[:, 1:]
+        result = train(model, config=cfg, get_batch=get_batch, callback=check)
+    if state["weights"] is not None and (state["best_step"] != result.steps or ema is not None):
         model.load_state_dict(state["weights"])
     wall = time.perf_counter() - t_start
 
@@ -244,8 +406,8 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
         if dec(ids[:1]) != "\n" or dec(ids[1:]) != part:
             raise RuntimeError(f"the reporting half's {name} part does not tokenize as '\\n' + its own tokens")
         parts[name] = {"chars": len(part), "bpc": round(score_bpc(model, torch.tensor(ids), len(part)), 4)}
-    chars_per_token = len(train_text) / len(train_ids)
-    windows_per_pass = (len(train_ids) - 1) // (recipe.block_size + 1)
+    chars_per_token = len(train_text) / n_train_tokens  # with BPE-dropout: of the re-segmented passes
+    windows_per_pass = (n_train_tokens - 1) // (recipe.block_size + 1)
     return {
         "row": row, "seed": seed, "threads": torch.get_num_threads(), "recipe": asdict(recipe),
         "precision": resolve_precision("cpu", recipe.precision), "vocab": vocab, "params": n_params,
@@ -262,6 +424,9 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
         "report_bpc_nonoverlapping": None if report_nonoverlap is None else round(report_nonoverlap, 4),
         "report_parts": parts,
         "eval_s": round(eval_s, 1), "load_avg": [round(x, 2) for x in os.getloadavg()],
+        **({"bpe_dropout": {"p": recipe.bpe_dropout, "variants": segs.variants,
+                            "chars_per_token_deterministic": round(len(train_text) / len(train_ids), 3),
+                            "text_passes": sampler.passes}} if segs is not None else {}),
     }
 
 
@@ -351,23 +516,25 @@ def print_report(data: dict) -> dict:
     print(f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores; bf16 matrix instructions: "
           f"{env.get('cpu_has_fast_bf16')} (AMX {env.get('has_amx_tile')}, AVX-512 BF16 {env.get('has_avx512_bf16')}); "
           f"so ours runs in {env.get('ours_precision_auto', '?')} here.")
-    head = (f"{'row':<22} {'prec':>5} {'seeds':>5} {'val bits/char (mean ± std)':>27} {'min–max':>13} "
+    w = max([22] + [len(n) for n in summary["rows"]])
+    head = (f"{'row':<{w}} {'prec':>5} {'seeds':>5} {'val bits/char (mean ± std)':>27} {'min–max':>13} "
             f"{'steps':>6} {'passes':>6} {'chars/s':>8} {'wall s':>6}")
     print(head)
     print("-" * len(head))
     for name, s in summary["rows"].items():
         m, sd, lo, hi = s["report_bpc"]
-        print(f"{name:<22} {s['precision']:>5} {s['n']:>5} {m:>19.4f} ± {sd:.4f} {lo:>6.4f}–{hi:.4f} "
+        print(f"{name:<{w}} {s['precision']:>5} {s['n']:>5} {m:>19.4f} ± {sd:.4f} {lo:>6.4f}–{hi:.4f} "
               f"{s['steps'][0]:>6.0f} {s['passes'][0]:>6.2f} {s['chars_per_s'][0]:>8,.0f} {s['wall_s'][0]:>6.1f}")
     print("\nours / baby GPT bits per character (paired by seed):")
+    lw = max([46] + [len(label) for label in summary["ratios"]])
     for label, r in summary["ratios"].items():
         m, sd, lo, hi = r["stats"]
         per = ", ".join(f"seed {s}: {x:.3f}" for s, x in r["per_seed"])
-        print(f"  {label:<46} {m:.3f} ± {sd:.3f} (min–max {lo:.3f}–{hi:.3f}; {per}) "
+        print(f"  {label:<{lw}} {m:.3f} ± {sd:.3f} (min–max {lo:.3f}–{hi:.3f}; {per}) "
               f"goal <= {GOAL}: {'met' if hi <= GOAL else ('met on average' if m <= GOAL else 'NOT met')}")
     print("\nper run (reporting-half bpc, tuning-half bpc of the kept checkpoint, step kept / steps):")
     for r in sorted(data["runs"], key=lambda r: (r["seed"], list(ROWS).index(r["row"]) if r["row"] in ROWS else 99)):
-        print(f"  seed {r['seed']} {r['row']:<22} report {r['report_bpc']:.4f}  tune {r['tune_bpc']:.4f}  "
+        print(f"  seed {r['seed']} {r['row']:<{w}} report {r['report_bpc']:.4f}  tune {r['tune_bpc']:.4f}  "
               f"step {r['best_step']}/{r['steps']} ({r['stopped_by']}), {r['chars_per_s']:,} chars/s, "
               f"wall {r['wall_s']:.1f}s, load {r['load_avg'][0]}")
     return summary
@@ -480,7 +647,8 @@ def main(argv=None) -> None:
             parser.error("--explore needs --rows (see explore_recipe)")
         recipes = {row: explore_recipe(row) for row in args.rows}
         data = load_results(out)
-        data["note"] = "exploration: tuning half only, used to choose the stopping rule; not a reported result"
+        data["note"] = ("exploration: tuning half only, used to choose the stopping rule and to try the second round's "
+                        "levers (BPE-dropout, lr, weight averaging); not a reported result")
         for seed in args.seeds:
             jobs = [(row, *recipes[row]) for row in args.rows]
             # 1-thread rows two at a time; 2-thread rows one at a time

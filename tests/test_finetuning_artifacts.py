@@ -157,3 +157,57 @@ def test_names_f1_and_join_split_names():
     assert names_f1("BENEDICK and DON PEDRO", "DON PEDRO and BENEDICK") == 1.0
     assert names_f1("BENEDICK", "DON PEDRO and BENEDICK") == pytest.approx(2 / 3)
     assert names_f1("IAGO", "OTHELLO") == 0.0
+
+
+def test_made_up_speaker_names_look_like_tags_and_vary():
+    import random
+
+    from utils.instruct import _made_up_name
+
+    rng = random.Random(0)
+    names = [_made_up_name(rng) for _ in range(400)]
+    assert all(n and ":" not in n and "\n" not in n and n == n.strip() for n in names)
+    # shaped like the corpus's tags: mostly one upper-case word, some with a title or two words, some capitalised
+    one_word = sum(n.isupper() and " " not in n for n in names) / len(names)
+    assert 0.4 < one_word < 0.7
+    assert any(n.startswith("SIR ") or n.startswith("DUKE OF ") for n in names)
+    assert any(not n.isupper() and n[0].isupper() for n in names)
+    assert len(set(names)) > 0.95 * len(names)  # random letters, not a small set of syllables
+
+
+def test_instruct_training_set_has_the_requested_counts_and_rejects_unknown_tasks(corpus):
+    from collections import Counter
+
+    from utils.instruct import TASKS, instruct_training_set
+
+    ex = instruct_training_set(corpus, 12, {"line_speaker": 30, "continue": 0}, seed=3)
+    counts = Counter(e.task for e in ex)
+    assert counts == {t: (30 if t == "line_speaker" else 12) for t in TASKS if t != "continue"}
+    assert {e.play for e in ex} <= {p.play for p in corpus.passages if p.split == "train"}
+    assert [e.task for e in ex] != sorted(e.task for e in ex)  # shuffled
+    with pytest.raises(ValueError, match="task_counts has unknown task"):
+        instruct_training_set(corpus, 12, {"translate": 5})
+
+
+def test_the_committed_seed_spread_is_of_the_saved_models_recipe_and_includes_its_scores():
+    import json
+    import statistics
+    from pathlib import Path
+
+    from utils.instruct import INSTRUCT_RECIPE, INSTRUCT_SEEDS
+
+    res = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
+                      "finetuning_instruct_seeds.json").read_text())
+    assert res["recipe"] == INSTRUCT_RECIPE and res["seeds"] == list(INSTRUCT_SEEDS) and len(res["seeds"]) >= 3
+    model, _ = load_instruct_model()
+    meta = model.finetune_metadata
+    assert meta["recipe"] == INSTRUCT_RECIPE
+    saved = res["per_seed"][str(INSTRUCT_RECIPE["seed"])]
+    for task, d in meta["held_out_scores"].items():  # seed 0 of the spread is the saved model, same items
+        assert saved[task]["exact_match"] == pytest.approx(d["exact_match"])
+    for task, d in res["summary"].items():
+        values = [res["per_seed"][str(s)][task]["exact_match"] for s in res["seeds"]]
+        assert d["exact_match"]["mean"] == pytest.approx(statistics.mean(values))
+        assert d["exact_match"]["min"] <= d["exact_match"]["mean"] <= d["exact_match"]["max"]
+    assert res["baselines"]["line_speaker"]["chance"] == pytest.approx(0.5)
+    assert all(b["n"] == INSTRUCT_RECIPE["test_per_task"] for b in res["baselines"].values())

@@ -9,6 +9,10 @@ import torch.nn.functional as F
 from utils.moe import (DISPATCHES, ROUTERS, Experts, MoEConfig, MoELayer, TopKRouter, balance_loss, capacity,
                        moe_parameter_counts, z_loss)
 
+HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+# every design this PyTorch can run ("grouped_mm" needs torch.nn.functional.grouped_mm)
+RUNNABLE_DISPATCHES = tuple(d for d in DISPATCHES if d != "grouped_mm" or HAS_GROUPED_MM)
+
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -121,7 +125,7 @@ def test_one_expert_top1_equals_the_dense_swiglu_mlp():
     assert stats["tokens_per_expert"].tolist() == [27] and stats["balance_loss"].item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("dispatch", RUNNABLE_DISPATCHES)
 def test_top_k_equal_to_n_expert_is_the_probability_weighted_mixture(dispatch):
     layer = _layer(n_expert=4, top_k=4, dispatch=dispatch)
     x = torch.randn(2, 6, 16)
@@ -152,7 +156,7 @@ def test_top2_weights_are_renormalised_and_top1_keeps_the_raw_probability():
 def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacity_factor):
     x = torch.randn(3, 10, 16)
     results = []
-    for dispatch in DISPATCHES:
+    for dispatch in RUNNABLE_DISPATCHES:
         layer = _layer(seed=3, n_expert=5, router=router, capacity_factor=capacity_factor, dispatch=dispatch,
                        n_shared_expert=1, hybrid=True)
         xi = x.clone().requires_grad_(True)
@@ -209,6 +213,122 @@ def test_fused_sorted_experts_under_bf16_autocast_match_autograd_and_keep_fp32_g
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-3)
 
 
+@pytest.mark.parametrize("mlp", ["swiglu", "gelu", "relu"])
+def test_padding_each_experts_rows_to_a_multiple_changes_no_number(mlp):
+    torch.manual_seed(3)
+    experts = Experts(5, 12, 7, mlp).double()
+    counts = [3, 0, 6, 1, 4]
+    xs = torch.randn(14, 12, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(14, 12, dtype=torch.float64)
+    grads = []
+    for multiple in (1, 4, 32):
+        xs.grad = None
+        experts.zero_grad(set_to_none=True)
+        y = experts.run_sorted(xs, counts, row_multiple=multiple)
+        (y * g).sum().backward()
+        grads.append((y.detach(), xs.grad, experts.w_in.grad, experts.w_out.grad))
+    for padded in grads[1:]:
+        for a, b in zip(grads[0], padded):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert grads[2][2][1].abs().max() == 0  # the empty expert still gets an exactly zero gradient
+
+
+def test_padded_sorted_experts_pass_gradcheck():
+    from utils.moe import _SortedExpertsFn
+
+    torch.manual_seed(4)
+    experts = Experts(3, 6, 5, "gelu").double()
+    xs = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: _SortedExpertsFn.apply(x, a, b, (2, 0, 5), "gelu", 4),
+                                    (xs, experts.w_in, experts.w_out))
+
+
+def _matmul_rows(fn):
+    """The row counts (M) of every aten.mm that ``fn()`` runs, forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    rows = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.mm:
+                rows.append(args[0].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return rows
+
+
+def test_cpu_bf16_pads_expert_slices_to_a_multiple_of_32_rows_and_fp32_does_not():
+    # oneDNN compiles a bf16 kernel per new matmul shape; padding makes the shapes repeat from step to step
+    from utils.moe import CPU_LOW_PRECISION_ROW_MULTIPLE
+
+    assert CPU_LOW_PRECISION_ROW_MULTIPLE == 32
+    experts = Experts(4, 16, 8)
+    counts = [5, 0, 40, 19]
+    xs = torch.randn(64, 16, requires_grad=True)
+
+    def step(autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = experts.run_sorted(xs, counts)
+        y.float().sum().backward()
+
+    bf16_rows = _matmul_rows(lambda: step(True))
+    fp32_rows = _matmul_rows(lambda: step(False))
+    # slices of 5, 40 and 19 rows run as 32, 64 and 32 rows in bf16; the weight-gradient matmuls (16 rows:
+    # n_embd and 2 x hidden) do not depend on the counts
+    assert set(bf16_rows) == {32, 64, 16}
+    assert set(fp32_rows) == {5, 40, 19, 16}
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="this PyTorch has no torch.nn.functional.grouped_mm")
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_grouped_mm_dispatch_equals_sort_in_output_and_every_gradient(capacity_factor):
+    x = torch.randn(4, 12, 16)
+    results = {}
+    for dispatch in ("sort", "grouped_mm"):
+        layer = _layer(seed=5, n_expert=6, top_k=2, capacity_factor=capacity_factor, dispatch=dispatch).train()
+        xi = x.clone().requires_grad_(True)
+        y, stats = layer(xi)
+        (y.square().sum() + stats["aux_loss"]).backward()
+        results[dispatch] = [y.detach(), xi.grad] + [p.grad for p in layer.parameters()]
+    assert len(results["sort"]) == 5  # output, input grad, router, w_in, w_out
+    for a, b in zip(results["sort"], results["grouped_mm"]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="this PyTorch has no torch.nn.functional.grouped_mm")
+def test_grouped_mm_under_cpu_bf16_autocast_matches_sort():
+    experts = Experts(4, 16, 8)
+    xs = torch.randn(70, 16, requires_grad=True)
+    counts = [10, 0, 41, 19]
+    outs = []
+    for run in (experts.run_sorted, experts.run_grouped):
+        xs.grad = None
+        experts.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = run(xs, counts)
+        y.float().square().sum().backward()
+        outs.append((y.float(), xs.grad, experts.w_in.grad, experts.w_out.grad))
+    assert outs[1][0].dtype == torch.float32 and experts.w_in.grad.dtype == torch.float32
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_grouped_mm_dispatch_without_grouped_mm_or_with_unaligned_widths_raises_clear_errors(monkeypatch):
+    if HAS_GROUPED_MM:
+        with pytest.raises(ValueError, match=r"expert_hidden \(3\) must be a multiple of 4"):
+            _layer(expert_hidden=3, dispatch="grouped_mm")(torch.randn(1, 5, 16))
+    monkeypatch.delattr(F, "grouped_mm", raising=False)
+    with pytest.raises(RuntimeError, match="needs torch.nn.functional.grouped_mm.*use dispatch 'sort'"):
+        MoEConfig(n_embd=16, dispatch="grouped_mm")
+    layer = _layer()
+    with pytest.raises(RuntimeError, match="needs torch.nn.functional.grouped_mm"):
+        layer.dispatch = "grouped_mm"
+    assert layer.dispatch == "sort"
+
+
 def test_sorted_experts_refuse_counts_that_do_not_match_the_rows():
     experts = Experts(3, 8, 4)
     with pytest.raises(ValueError, match="counts must be 3 non-negative row counts summing to xs.shape"):
@@ -219,7 +339,7 @@ def test_sorted_experts_refuse_counts_that_do_not_match_the_rows():
 
 # -- capacity --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("dispatch", RUNNABLE_DISPATCHES)
 @pytest.mark.parametrize("capacity_factor", [0.25, 0.5, 1.0, 1.25, 2.0])
 def test_capacity_is_never_exceeded(dispatch, capacity_factor):
     layer = _layer(seed=1, n_expert=4, top_k=2, capacity_factor=capacity_factor, dispatch=dispatch)
@@ -237,7 +357,7 @@ def test_capacity_is_never_exceeded(dispatch, capacity_factor):
 
 def _constructed_layer(dispatch="sort"):
     """4 experts, top-1, width 4; tokens 0-5 go to expert 0 and tokens 6-7 to expert 1."""
-    layer = MoELayer(MoEConfig(n_embd=4, n_expert=4, top_k=1, expert_hidden=3, capacity_factor=1.0,
+    layer = MoELayer(MoEConfig(n_embd=4, n_expert=4, top_k=1, expert_hidden=4, capacity_factor=1.0,
                                dispatch=dispatch)).eval()
     _randomise(layer.experts)
     with torch.no_grad():
@@ -248,7 +368,7 @@ def _constructed_layer(dispatch="sort"):
     return layer, x
 
 
-@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("dispatch", RUNNABLE_DISPATCHES)
 def test_dropped_tokens_are_counted_exactly_and_add_nothing(dispatch):
     layer, x = _constructed_layer(dispatch)
     y, stats = layer(x)

@@ -126,3 +126,92 @@ def test_report_pairs_ratios_by_seed(bench):
     mean, std, lo, hi = r["stats"]
     assert (mean, lo, hi) == pytest.approx((0.85, 0.8, 0.9)) and std == pytest.approx(0.0707, abs=1e-4)
     assert summary["rows"]["ours, 2 threads"]["n"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE-dropout: the training text re-segmented at every pass
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_bpe():
+    from utils.tokenizer import BPETokenizer
+
+    text = _play(200)
+    return BPETokenizer.train(text, 300), text
+
+
+def test_dropout_streams_decode_to_the_training_text_and_differ_between_passes(bench, small_bpe):
+    tok, text = small_bpe
+    segs = bench.DropoutSegmentations(tok, text, 0.1, variants=4, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    a, b = segs.stream(gen), segs.stream(gen)
+    assert tok.decode(a.tolist()) == text and tok.decode(b.tolist()) == text
+    assert a.tolist() != b.tolist()  # a new segmentation for each pass
+    ordinary = len(tok.encode(text))
+    assert len(a) > ordinary and segs.tokens_per_pass > ordinary  # merges skipped: more tokens per pass
+    assert abs(len(a) - segs.tokens_per_pass) < 0.05 * segs.tokens_per_pass
+
+
+def test_dropout_at_p0_streams_the_ordinary_encoding(bench, small_bpe):
+    tok, text = small_bpe
+    segs = bench.DropoutSegmentations(tok, text, 0.0, variants=2)
+    assert segs.stream(torch.Generator().manual_seed(3)).tolist() == tok.encode(text)
+    assert segs.tokens_per_pass == len(tok.encode(text))
+
+
+def test_dropout_segmentations_are_reproducible_by_seed(bench, small_bpe):
+    tok, text = small_bpe
+    one = bench.DropoutSegmentations(tok, text, 0.1, variants=3, seed=5).stream(torch.Generator().manual_seed(1))
+    two = bench.DropoutSegmentations(tok, text, 0.1, variants=3, seed=5).stream(torch.Generator().manual_seed(1))
+    assert torch.equal(one, two)
+    with pytest.raises(ValueError, match="variants must be an int >= 1"):
+        bench.DropoutSegmentations(tok, text, 0.1, variants=0)
+
+
+def test_resegmenting_sampler_covers_each_pass_once_and_draws_a_new_stream_per_pass(bench, small_bpe):
+    tok, text = small_bpe
+    segs = bench.DropoutSegmentations(tok, text, 0.1, variants=4, seed=0)
+    sampler = bench.ResegmentingSampler(segs, batch_size=5, block_size=8, generator=torch.Generator().manual_seed(0))
+    x, y = sampler.next_batch()
+    assert x.shape == y.shape == (5, 8) and x.dtype == torch.long and torch.equal(x[:, 1:], y[:, :-1])
+    first = sampler.data
+    windows = (len(first) - 9) // 9  # at least this many windows in one pass
+    for _ in range(windows // 5 + 2):
+        sampler.next_batch()
+    assert sampler.passes == 1 and sampler.data is not first and sampler.tokens_drawn == len(first) + len(sampler.data)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.1", float("nan")])
+def test_recipe_refuses_a_bad_bpe_dropout(bad):
+    with pytest.raises(ValueError, match="bpe_dropout must be a probability in \\[0, 1\\)"):
+        Recipe(bpe_dropout=bad)
+    with pytest.raises(ValueError, match="needs a BPE tokenizer"):
+        BABY_GPT.with_(bpe_dropout=0.1)
+
+
+def test_run_with_bpe_dropout_trains_on_resegmented_passes_within_the_budget(bench):
+    torch.set_num_threads(1)
+    recipe = COURSE_RECIPE.with_(vocab_size=300, n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2,
+                                 bpe_dropout=0.1)
+    r = bench.run("tiny dropout", recipe, budget=3.0, seed=0, text=_play(1500))
+    assert r["wall_s"] <= 3.0 * 1.15
+    d = r["bpe_dropout"]
+    assert d["p"] == 0.1 and d["text_passes"] >= 1
+    assert r["chars_per_token"] < d["chars_per_token_deterministic"]  # the passes' tokens are shorter
+    assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.9"])
+def test_recipe_refuses_a_bad_ema_decay(bad):
+    with pytest.raises(ValueError, match="ema must be a decay in \\[0, 1\\)"):
+        Recipe(ema=bad)
+
+
+def test_run_with_ema_scores_and_keeps_the_averaged_weights(bench):
+    torch.set_num_threads(1)
+    recipe = BABY_GPT.with_(n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2, ema=0.9)
+    r = bench.run("tiny ema", recipe, budget=3.0, seed=0, text=_play(1500))
+    assert r["wall_s"] <= 3.0 * 1.15
+    best = min(r["checks"][1:], key=lambda c: c[2])
+    assert (r["best_step"], r["tune_bpc"]) == (best[0], best[2])
+    assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8

@@ -529,3 +529,84 @@ def test_valid_special_tokens_may_leave_gaps_and_set_vocab_size():
     assert tok.decode([257, 256]) == "<s>ab"
     with pytest.raises(ValueError, match="not in this tokenizer's vocabulary"):
         tok.decode([299])  # a gap between special ids is not a token
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE-dropout (training text only): p=0 is the ordinary encoding, p=1 the bytes, always lossless
+# ---------------------------------------------------------------------------------------------
+
+def test_bpe_dropout_at_p0_is_the_ordinary_encoding(trained, cl100k, small_text):
+    import random
+    from utils.bpe_encode import encode_chunk_dropout
+    text = small_text[:5000]
+    assert trained.encode_dropout(text, 0.0, random.Random(0)) == trained.encode_ordinary(text)
+    assert cl100k.encode_dropout(VARIED_TEXTS["prose"], 0, random.Random(0)) == cl100k.encode_ordinary(VARIED_TEXTS["prose"])
+    # the dropout loop itself (not the p == 0 shortcut) with a p no draw falls below: the rescan's ids
+    for chunk in split_text(text, trained.pattern)[:400] + ["a" * 40]:
+        ids = list(chunk.encode("utf-8"))
+        assert encode_chunk_dropout(ids, trained.merges, 1e-300, random.Random(1)) == encode_chunk_rescan(ids, trained.merges)
+
+
+def test_bpe_dropout_at_p1_gives_one_token_per_byte(trained, cl100k):
+    import random
+    text = VARIED_TEXTS["prose"] + VARIED_TEXTS["cjk"]
+    assert trained.encode_dropout(text, 1.0, random.Random(0)) == list(text.encode("utf-8"))
+    assert cl100k.encode_dropout(text, 1.0) == [cl100k.byte_to_id[b] for b in text.encode("utf-8")]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_bpe_dropout_decodes_to_the_text_and_segments_more_finely(trained, small_text, p):
+    import random
+    text = small_text[:20_000]
+    ordinary = trained.encode_ordinary(text)
+    ids = trained.encode_dropout(text, p, random.Random(0))
+    assert trained.decode(ids) == text
+    assert ids != ordinary and len(ids) > len(ordinary)  # some merges were skipped: more, shorter tokens
+    for name, t in VARIED_TEXTS.items():
+        assert trained.decode(trained.encode_dropout(t, p, random.Random(2))) == t, name
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60), p=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**32))
+@settings(max_examples=200, deadline=None)
+def test_bpe_dropout_round_trips_arbitrary_unicode(trained, text, p, seed):
+    import random
+    assert trained.decode(trained.encode_dropout(text, p, random.Random(seed))) == text
+
+
+def test_bpe_dropout_is_reproducible_with_a_seeded_rng_and_varies_between_draws(trained, small_text):
+    import random
+    text = small_text[:5000]
+    a = trained.encode_dropout(text, 0.1, random.Random(7))
+    assert trained.encode_dropout(text, 0.1, random.Random(7)) == a
+    rng = random.Random(7)
+    first, second = trained.encode_dropout(text, 0.1, rng), trained.encode_dropout(text, 0.1, rng)
+    assert first == a and second != first  # one rng: a new segmentation at every call
+
+
+def test_bpe_dropout_skips_an_applicable_merge_with_probability_p():
+    import random
+    from utils.bpe_encode import encode_chunk_dropout
+    # the chunk "ab" with the one merge (a, b): it stays two tokens exactly when its one draw drops the merge
+    rng = random.Random(0)
+    unmerged = sum(encode_chunk_dropout([97, 98], {(97, 98): 256}, 0.2, rng) == [97, 98] for _ in range(4000))
+    assert unmerged / 4000 == pytest.approx(0.2, abs=0.03)
+    # a long chunk: dropped pairs get another draw at the next step, so almost every pair ends up merged
+    out = encode_chunk_dropout([97, 98] * 2000, {(97, 98): 256}, 0.2, random.Random(0))
+    assert out.count(256) / 2000 > 0.99 and len(out) == 4000 - out.count(256)
+
+
+@pytest.mark.parametrize("bad, error, phrase", [
+    (-0.1, ValueError, "must be a number in \\[0, 1\\]"), (1.5, ValueError, "must be a number in \\[0, 1\\]"),
+    (True, ValueError, "must be a number in \\[0, 1\\]"), ("0.1", ValueError, "must be a number in \\[0, 1\\]"),
+    (float("nan"), ValueError, "must be a number in \\[0, 1\\]")])
+def test_bpe_dropout_refuses_a_bad_probability(trained, bad, error, phrase):
+    with pytest.raises(error, match=phrase):
+        trained.encode_dropout("hello", bad)
+
+
+def test_bpe_dropout_refuses_a_bad_rng_and_non_str_text(trained):
+    with pytest.raises(TypeError, match="rng must be None or a random.Random"):
+        trained.encode_dropout("hello", 0.1, rng=0)
+    with pytest.raises(TypeError, match="text must be a str"):
+        trained.encode_dropout(b"hello", 0.1)

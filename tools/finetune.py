@@ -14,6 +14,7 @@ training are stored in the file's metadata. Load them with
 
     python tools/finetune.py                 # both (a few minutes on 2 CPU cores)
     python tools/finetune.py --only genre    # or --only instruct
+    python tools/finetune.py --seeds         # the instruct recipe's spread over 3 seeds (benchmarks/results/)
 """
 
 from __future__ import annotations
@@ -59,35 +60,106 @@ def build_genre(out_dir: Path, device=None) -> dict:
 
 def build_instruct(out_dir: Path, device=None) -> dict:
     from utils.checkpoint import weights_sha256
-    from utils.data import load_corpus
     from utils.finetuning import INSTRUCT_MODEL_FILE, save_finetuned
-    from utils.instruct import (FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, instruction_data, score_tasks,
-                                task_baselines, train_instruct_model)
+    from utils.instruct import INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy, score_tasks, task_baselines
     from utils.pretrain import load_course_model
 
     base, tok = load_course_model()
     base_sha = weights_sha256(base.state_dict())
     r = INSTRUCT_RECIPE
-    t0 = time.perf_counter()
-    model, tok2, result = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"], epochs=r["epochs"],
-                                               lr=r["lr"], seed=r["seed"], device=device, progress=True)
-    seconds = time.perf_counter() - t0
+    model, tok2, seconds = _train_instruct(r, r["seed"], device)
     full = r["method"] == "full"
-    if full:  # stored in bfloat16: round now, so that the scores below are those of the saved model
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(torch.bfloat16).to(p.dtype))
-    test = [e for e in instruction_data(load_corpus(), "test", n_per_task=r["test_per_task"], seed=r["test_seed"])
-            if e.task in FACTUAL_TASKS]
+    test = _held_out(r)
     scores = score_tasks(model, tok2, INSTRUCT_TEMPLATE, test)
-    meta = {"held_out_scores": scores, "baselines": task_baselines(test), "train_seconds": seconds,
-            "device": str(device or "cpu"), "built_by": "tools/finetune.py"}
+    meta = {"held_out_scores": scores, "held_out_choice": choice_accuracy(model, tok2, INSTRUCT_TEMPLATE, test),
+            "baselines": task_baselines(test), "train_seconds": seconds, "device": str(device or "cpu"),
+            "built_by": "tools/finetune.py"}
     path = out_dir / INSTRUCT_MODEL_FILE
     save_finetuned(path, model, "instruct", dict(r), base_sha, new_rows_from=None if full else tok.vocab_size,
                    metadata=meta, dtype=torch.bfloat16 if full else None)
     print(f"{path}: held-out exact match " + ", ".join(f"{t} {d['exact_match']:.3f}" for t, d in scores.items())
           + f"; trained in {seconds:.1f} s, {path.stat().st_size:,} bytes")
     return meta
+
+
+def _train_instruct(r: dict, seed: int, device=None):
+    """(model, tokenizer, seconds): the instruct recipe ``r`` trained with ``seed``; a fully fine-tuned
+    model is rounded to bfloat16 (how it is stored), so that its scores are those of the saved model."""
+    from utils.instruct import train_instruct_model
+
+    t0 = time.perf_counter()
+    model, tok2, _ = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"],
+                                          task_counts=r.get("task_counts"), epochs=r["epochs"], lr=r["lr"], seed=seed,
+                                          device=device, progress=True)
+    seconds = time.perf_counter() - t0
+    if r["method"] == "full":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    return model, tok2, seconds
+
+
+def _held_out(r: dict) -> list:
+    """The held-out factual instructions of the test plays that every instruct score is measured on."""
+    from utils.data import load_corpus
+    from utils.instruct import FACTUAL_TASKS, instruction_data
+
+    return [e for e in instruction_data(load_corpus(), "test", n_per_task=r["test_per_task"], seed=r["test_seed"])
+            if e.task in FACTUAL_TASKS]
+
+
+SEEDS_RESULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "finetuning_instruct_seeds.json"
+
+
+def instruct_seeds(device=None, out: Path = SEEDS_RESULT) -> dict:
+    """The instruct recipe's spread over :data:`utils.instruct.INSTRUCT_SEEDS`: seed 0 is the saved
+    model (data/finetuned/instruct-model.pt, which must have been built with the current recipe), the
+    other seeds are trained here (data sampling, renaming and batch order all change with the seed) and
+    not saved. Every model is scored on the same held-out items; writes ``out`` (JSON) and returns it."""
+    import json
+    import os
+    import statistics
+
+    from utils.finetuning import load_instruct_model
+    from utils.instruct import (INSTRUCT_RECIPE, INSTRUCT_SEEDS, INSTRUCT_TEMPLATE, choice_accuracy, score_tasks,
+                                task_baselines)
+
+    r = INSTRUCT_RECIPE
+    test = _held_out(r)
+    per_seed, seconds = {}, {}
+    for seed in INSTRUCT_SEEDS:
+        if seed == r["seed"]:
+            model, tok2 = load_instruct_model(device=device)
+            saved = model.finetune_metadata["recipe"]
+            if saved != r:
+                raise RuntimeError(f"data/finetuned/instruct-model.pt was built with recipe {saved}, not the current "
+                                   f"{r}: run `python tools/finetune.py --only instruct` first")
+            seconds[seed] = model.finetune_metadata["train_seconds"]
+        else:
+            model, tok2, seconds[seed] = _train_instruct(r, seed, device)
+        sc = score_tasks(model, tok2, INSTRUCT_TEMPLATE, test)
+        ca = choice_accuracy(model, tok2, INSTRUCT_TEMPLATE, test)
+        per_seed[seed] = {t: {**{"exact_match": d["exact_match"]}, **({"f1": d["f1"]} if "f1" in d else {}),
+                              **({"choice": ca[t]} if t in ca else {})} for t, d in sc.items()}
+        print(f"seed {seed}: " + ", ".join(f"{t} EM {d['exact_match']:.3f}" for t, d in per_seed[seed].items()), flush=True)
+    summary = {}
+    for t in per_seed[INSTRUCT_SEEDS[0]]:
+        summary[t] = {}
+        for metric in per_seed[INSTRUCT_SEEDS[0]][t]:
+            v = [per_seed[s][t][metric] for s in INSTRUCT_SEEDS]
+            summary[t][metric] = {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)}
+    result = {"recipe": r, "seeds": list(INSTRUCT_SEEDS), "template": INSTRUCT_TEMPLATE.name,
+              "held_out": {"split": "test", "per_task": r["test_per_task"], "seed": r["test_seed"]},
+              "baselines": task_baselines(test), "per_seed": {str(s): v for s, v in per_seed.items()},
+              "summary": summary, "train_seconds": {str(s): v for s, v in seconds.items()},
+              "device": str(device or "cpu"), "torch_threads": torch.get_num_threads(), "built_by": "tools/finetune.py --seeds"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"{out}: " + "; ".join(f"{t} EM {d['exact_match']['mean']:.3f} ± {d['exact_match']['std']:.3f}"
+                                  for t, d in summary.items()))
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,9 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=("genre", "instruct"), help="build only one of the two files")
     ap.add_argument("--out-dir", type=Path, default=None, help="where to write (default data/finetuned/)")
     ap.add_argument("--device", default=None, help="cpu, cuda or mps (default: utils.runtime.get_device())")
+    ap.add_argument("--seeds", action="store_true",
+                    help="instead: train the instruct recipe's other seeds and write their held-out spread to "
+                         "benchmarks/results/finetuning_instruct_seeds.json (seed 0 = the saved model)")
     args = ap.parse_args(argv)
     out = args.out_dir or _finetuned_dir()
     device = get_device(args.device)
+    if args.seeds:
+        instruct_seeds(device)
+        return
     if args.only in (None, "genre"):
         build_genre(out, device)
     if args.only in (None, "instruct"):

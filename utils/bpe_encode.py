@@ -24,13 +24,22 @@ can only have a merge id larger than r (a merge's parts must exist before it; th
 constructor checks this). So no merge creates a pair that should have been applied earlier, and
 popping (merge id, position) in order applies all occurrences of the best pair left to right,
 exactly like one pass of the rescan, before any pair with a larger merge id.
+
+**BPE-dropout** (Provilkov et al. 2020, "BPE-Dropout: Simple and Effective Subword
+Regularization"): :func:`encode_chunk_dropout` runs the rescan, but at every step each adjacent
+pair that has a merge is dropped from the candidates with probability ``p``; the best surviving
+pair is merged at its surviving positions (as subword-nmt's reference implementation does), and the
+chunk is done when no candidate survives. ``p=0`` gives :func:`encode_chunk`'s ids, ``p=1`` the
+bytes; every outcome decodes to the same bytes. It is for training text only (a model sees several
+segmentations of the same word); evaluation uses the deterministic encoding.
 """
 
 from __future__ import annotations
 
+import random
 from heapq import heapify, heappop, heappush
 
-__all__ = ["LONG_CHUNK", "encode_chunk", "encode_chunk_rescan", "encode_chunk_heap"]
+__all__ = ["LONG_CHUNK", "encode_chunk", "encode_chunk_rescan", "encode_chunk_heap", "encode_chunk_dropout"]
 
 # Chunks of at least this many ids use the heap; shorter ones (most words) the rescan, whose simple
 # loop is as fast or faster there (crossover table in benchmarks/tokenizer_train.py, section 2c).
@@ -61,6 +70,53 @@ def encode_chunk_heap(ids: list[int], merges: dict[tuple[int, int], int]) -> lis
     linked list of parts. Token ids must be non-negative."""
     _check(ids, merges)
     return _heap(list(ids), merges)
+
+
+def check_dropout(p, rng=None) -> None:
+    """Raise a clear error unless ``p`` is a probability in [0, 1] and ``rng`` is None or a ``random.Random``."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p (the BPE-dropout probability) must be a number in [0, 1], got {p!r}")
+    if rng is not None and not isinstance(rng, random.Random):
+        raise TypeError(f"rng must be None or a random.Random (e.g. random.Random(0)), got {type(rng).__name__}")
+
+
+def encode_chunk_dropout(ids: list[int], merges: dict[tuple[int, int], int], p: float,
+                         rng: random.Random | None = None) -> list[int]:
+    """BPE-dropout on one chunk: like the rescan, but each candidate pair is skipped with
+    probability ``p`` at every step (``rng``: a ``random.Random``, for reproducible draws; default
+    a fresh unseeded one). ``p=0`` equals :func:`encode_chunk`; ``p=1`` returns the ids unmerged."""
+    _check(ids, merges)
+    check_dropout(p, rng)
+    ids = list(ids)
+    if p == 0.0:
+        return _encode(ids, merges)
+    return _rescan_dropout(ids, merges, float(p), (rng or random.Random()).random)
+
+
+def _rescan_dropout(ids: list[int], merges: dict, p: float, draw) -> list[int]:
+    get = merges.get
+    while len(ids) >= 2:
+        best_rank = None
+        keep = []  # positions whose pair survived this step's draws (with their merge id)
+        for i in range(len(ids) - 1):
+            rank = get((ids[i], ids[i + 1]))
+            if rank is not None and draw() >= p:
+                keep.append((i, rank))
+                if best_rank is None or rank < best_rank:
+                    best_rank = rank
+        if best_rank is None:
+            break
+        out: list[int] = []
+        i = 0
+        for j, rank in keep:  # the best pair at its surviving positions, left to right, no overlaps
+            if rank != best_rank or j < i:
+                continue
+            out.extend(ids[i:j])
+            out.append(best_rank)
+            i = j + 2
+        out.extend(ids[i:])
+        ids = out
+    return ids
 
 
 def _encode(ids: list[int], merges: dict) -> list[int]:

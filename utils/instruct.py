@@ -24,7 +24,7 @@ __all__ = ["Template", "INSTRUCT_TEMPLATE", "CHAT_TEMPLATE", "CHAT_SPECIALS", "r
            "add_special_tokens", "Example", "instruction_data", "TASKS", "FACTUAL_TASKS", "batch_examples",
            "finetune_lm", "answer", "answer_batch", "exact_match", "task_baselines", "choice_accuracy",
            "EXTRACTIVE_TASKS", "join_names", "split_names", "names_f1", "score_tasks", "INSTRUCT_METHODS", "INSTRUCT_LORA",
-           "INSTRUCT_LR", "INSTRUCT_RECIPE", "response_loss", "train_new_token_rows", "prepare_instruct_model", "instruct_pairs", "train_instruct_model"]
+           "INSTRUCT_LR", "INSTRUCT_RECIPE", "INSTRUCT_SEEDS", "instruct_training_set", "response_loss", "train_new_token_rows", "prepare_instruct_model", "instruct_pairs", "train_instruct_model"]
 
 EOT = "<|endoftext|>"
 CHAT_SPECIALS = ("<|user|>", "<|assistant|>", "<|end|>")
@@ -185,12 +185,41 @@ def split_names(answer: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-_SYLLABLES = ("AL", "BER", "CA", "DON", "EL", "FA", "GRI", "HO", "IS", "JU", "LO", "MAR", "NE", "OR", "PE",
-              "QUI", "RO", "SA", "TI", "VA", "WIL", "ZE", "MUND", "TIO", "LIA", "RIC", "STA", "NOR")
+# Renamed speakers (training sets): this share is another speaker of the split, the rest are made up.
+# A quarter, not more: the split has only ~570 speaker names, and a model trained on them half of the
+# time learned them as a prior (on new plays it wrote "Host" or "Carrier" instead of copying the tag).
+# Made-up names come from random letters, not from a fixed set of syllables, for the same reason: with
+# 28 syllables the model learned to write syllables ("QUIBETH" for MACBETH) instead of copying. With
+# both changes (and INSTRUCT_RECIPE's task counts), exact match on the validation plays went from 0.51
+# to 0.79 (who speaks first) and from 0.05 to 0.30 (which speakers), against the previous recipe
+# (half pool names, syllable names, the same 2,400 examples of every task).
+_RENAME_POOL_FRACTION = 0.25
+_CONSONANTS, _VOWELS = "BCDFGHJKLMNPRSTVWZ", "AEIOUY"
+_TITLES = ("SIR", "LORD", "LADY", "KING", "QUEEN", "DUKE", "DON", "PRINCE", "DUKE OF", "EARL OF", "BISHOP OF",
+           "FIRST", "SECOND")
+
+
+def _made_up_word(rng: random.Random) -> str:
+    """A pronounceable random word of 3 to 9 letters (consonant-vowel syllables, some closed)."""
+    out, length = ("" if rng.random() < 0.7 else rng.choice(_VOWELS)), rng.randint(3, 9)
+    while len(out) < length:
+        out += rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice(_CONSONANTS) if rng.random() < 0.3 else "")
+    return out
 
 
 def _made_up_name(rng: random.Random) -> str:
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
+    """A made-up speaker tag shaped like the corpus's: mostly one upper-case word ("VORALIN"), sometimes
+    with a title ("SIR DAMOLE", "DUKE OF FENIRA") or two words, sometimes capitalised ("Tovarin",
+    "Second Belamo")."""
+    u = rng.random()
+    if u < 0.55:
+        return _made_up_word(rng)
+    if u < 0.75:
+        return rng.choice(_TITLES) + " " + _made_up_word(rng)
+    if u < 0.85:
+        return _made_up_word(rng) + " " + _made_up_word(rng)
+    word = _made_up_word(rng).capitalize()
+    return word if rng.random() < 0.6 else rng.choice(("First", "Second", "Third", "Old")) + " " + word
 
 
 def instruction_data(corpus, split: str, n_per_task: int = 200, seed: int = 0, max_chars: int = 128,
@@ -213,7 +242,8 @@ def instruction_data(corpus, split: str, n_per_task: int = 200, seed: int = 0, m
     Generative: "continue": *Continue this speech as SPEAKER.* (the next line).
 
     ``rename_speakers=True`` (for training sets) gives the speakers of the reading tasks other names:
-    half from the other speakers of the split, half made up (e.g. "MARLOTIO"), consistently within an
+    a quarter from the other speakers of the split, the rest made up (e.g. "VORALIN", "SIR DAMOLE",
+    "Second Belamo": random letters, shaped like the corpus's tags), consistently within an
     example. A model pretrained on these plays could otherwise answer from memory of who says what;
     with random names only reading the passage works, which is what carries over to unseen plays.
     """
@@ -240,7 +270,7 @@ def instruction_data(corpus, split: str, n_per_task: int = 200, seed: int = 0, m
             return {n: n for n in real}
         new: list[str] = []
         while len(new) < len(real):
-            cand = rng.choice(pool) if rng.random() < 0.5 else _made_up_name(rng)
+            cand = rng.choice(pool) if rng.random() < _RENAME_POOL_FRACTION else _made_up_name(rng)
             if cand not in new and cand not in real:
                 new.append(cand)
         return dict(zip(real, new))
@@ -521,11 +551,28 @@ def instruct_pairs(tokenizer, examples: list[Example], mask_prompt: bool = True,
             for i, ex in enumerate(examples)]
 
 
+def instruct_training_set(corpus, n_per_task: int, task_counts: dict | None = None, seed: int = 0) -> list[Example]:
+    """The training instructions of the instruction-tuned model: for every task of :data:`TASKS`,
+    ``task_counts.get(task, n_per_task)`` examples of the training plays (speakers renamed), shuffled."""
+    task_counts = dict(task_counts or {})
+    unknown = [t for t in task_counts if t not in TASKS]
+    if unknown:
+        raise ValueError(f"task_counts has unknown task(s) {unknown}; choose from {TASKS}")
+    out = []
+    for task in TASKS:
+        n = task_counts.get(task, n_per_task)
+        if n:
+            out += instruction_data(corpus, "train", n_per_task=n, seed=seed, tasks=(task,), rename_speakers=True)
+    random.Random(seed).shuffle(out)
+    return out
+
+
 def train_instruct_model(examples: list[Example] | None = None, *, method: str = "lora", mask_prompt: bool = True,
-                         n_per_task: int = 300, epochs: float = 4.0, lr: float | None = None, batch_size: int = 16,
-                         seed: int = 0, device=None, progress: bool = False):
-    """The course model instruction-tuned on ``examples`` (default: :func:`instruction_data` of the
-    training plays, ``n_per_task`` per task, every task, speakers renamed). Returns ``(model, tokenizer, result)``: the
+                         n_per_task: int = 300, task_counts: dict | None = None, epochs: float = 4.0,
+                         lr: float | None = None, batch_size: int = 16, seed: int = 0, device=None,
+                         progress: bool = False):
+    """The course model instruction-tuned on ``examples`` (default: :func:`instruct_training_set`:
+    ``n_per_task`` examples per task or ``task_counts[task]``, speakers renamed). Returns ``(model, tokenizer, result)``: the
     model in eval mode on ``device`` (default CPU), the tokenizer with the chat special tokens, and
     :func:`finetune_lm`'s TrainResult. Notebook 07 and ``tools/finetune.py`` both call this."""
     from utils.data import load_corpus
@@ -534,7 +581,7 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
     model, tok = load_course_model(device=device)
     tok2 = prepare_instruct_model(model, tok, method)
     if examples is None:
-        examples = instruction_data(load_corpus(), "train", n_per_task=n_per_task, seed=seed, rename_speakers=True)
+        examples = instruct_training_set(load_corpus(), n_per_task, task_counts, seed)
     if any(e.task not in TASKS for e in examples):
         raise ValueError("examples must come from instruction_data")
     pairs = instruct_pairs(tok2, examples, mask_prompt, model.config.block_size)
@@ -546,8 +593,16 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # the instruction-tuned model saved by tools/finetune.py (the settings of notebook 07's default mode)
 # Full fine-tuning: LoRA (r=16 on every linear layer) did not learn to copy names in the same number of
 # steps (held-out exact match <= 0.03 on every reading task), full fine-tuning did.
-INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "epochs": 1.0, "lr": 1e-3, "seed": 0,
-                   "rename_speakers": True, "test_per_task": 60, "test_seed": 1}
+# Twice the examples of "who speaks the line" (the hardest reading task), fewer of the generative
+# "continue"; chosen on the validation plays, never on the test plays. The extra examples did not teach
+# the choice between the passage's two speakers (it stayed at chance on the validation plays, as it did
+# after 1,200 steps of that task alone); the renamed speakers (above) made the copying better. Cost: the
+# genre task collapsed to one answer ("history" for every held-out passage, 3 seeds), where the previous
+# recipe's model scored 0.44 on the same 200 test passages (majority rate 0.35).
+INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800, "continue": 1200},
+                   "epochs": 1.0, "lr": 1e-3, "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
+# the seeds whose spread tools/finetune.py --seeds measures (seed 0 is the saved model)
+INSTRUCT_SEEDS = (0, 1, 2)
 
 
 @torch.no_grad()

@@ -6,9 +6,11 @@
   (Mixtral, Switch), ``"noisy_topk"`` (Shazeer et al. 2017: learned Gaussian noise before the top-k,
   training only) or ``"expert_choice"`` (Zhou et al. 2022: every expert picks its top tokens).
 - :class:`Experts` — ``n_expert`` MLPs stored as two stacked weight tensors (Hugging Face Mixtral's
-  layout), run by one of three dispatch designs: ``"sort"`` (tokens sorted by expert, one matmul pair
-  per expert on a contiguous slice, all experts in one autograd node), ``"bmm"`` (capacity-padded slots, one batched matmul for all
-  experts) and ``"loop"`` (the loop over experts with boolean masks that most tutorials write).
+  layout), run by one of four dispatch designs: ``"sort"`` (tokens sorted by expert, one matmul pair
+  per expert on a contiguous slice, all experts in one autograd node), ``"grouped_mm"`` (the same sorted
+  rows through PyTorch's ``F.grouped_mm``, where this PyTorch has it), ``"bmm"`` (capacity-padded slots,
+  one batched matmul for all experts) and ``"loop"`` (the loop over experts with boolean masks that most
+  tutorials write).
 - :class:`MoELayer` — ``forward(x (B, T, C)) -> (y (B, T, C), stats)``: router + experts, optional
   capacity limit (assignments over capacity are dropped: their token passes through the block's
   residual unchanged, and they are counted), optional always-on shared experts (DeepSeek-MoE) and an
@@ -37,8 +39,14 @@ __all__ = ["ROUTERS", "DISPATCHES", "MoEConfig", "moe_config", "check_moe_fields
            "capacity", "balance_loss", "z_loss", "moe_parameter_counts"]
 
 ROUTERS = ("topk", "noisy_topk", "expert_choice")
-DISPATCHES = ("sort", "bmm", "loop")
+DISPATCHES = ("sort", "bmm", "loop", "grouped_mm")
 EXPERT_ACTIVATIONS = ("swiglu", "gelu", "relu")
+
+
+def _check_grouped_mm() -> None:
+    if not hasattr(F, "grouped_mm"):
+        raise RuntimeError(f"dispatch 'grouped_mm' needs torch.nn.functional.grouped_mm, which this PyTorch "
+                           f"({torch.__version__}) does not have: use dispatch 'sort' (same numbers) or a newer PyTorch")
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
@@ -61,7 +69,8 @@ class MoEConfig:
     width ``n_shared_expert * expert_hidden``. hybrid: a dense MLP of width ``dense_hidden`` beside the
     experts, ``out = moe(x) * c0 + mlp(x) * c1`` with ``c = softmax(Linear(x))`` per token (DeepSpeed).
     No Linear layer of the experts has a bias (as in Mixtral). dropout: on the layer's output.
-    dispatch: "sort" | "bmm" | "loop" (same numbers, different speed; see ``benchmarks/moe.py``).
+    dispatch: "sort" | "bmm" | "loop" | "grouped_mm" (same numbers, different speed; see
+    ``benchmarks/moe.py``; "grouped_mm" needs ``torch.nn.functional.grouped_mm``).
     """
 
     n_embd: int
@@ -92,6 +101,8 @@ class MoEConfig:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
         if self.dispatch not in DISPATCHES:
             raise ValueError(f"dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
+        if self.dispatch == "grouped_mm":
+            _check_grouped_mm()
         if self.mlp not in EXPERT_ACTIVATIONS:
             raise ValueError(f"mlp must be one of {EXPERT_ACTIVATIONS}, got {self.mlp!r}")
         cf = self.capacity_factor
@@ -264,7 +275,7 @@ class TopKRouter(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Experts and the three dispatch designs
+# Experts and the four dispatch designs
 # ---------------------------------------------------------------------------------------------
 
 class Experts(nn.Module):
@@ -308,27 +319,32 @@ class Experts(nn.Module):
         build a full-size zero gradient per expert (E^2 work: 90% of the step at 32 experts)."""
         return self.w_in.unbind(0), self.w_out.unbind(0)
 
-    def run_sorted(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def run_sorted(self, xs: torch.Tensor, counts: list[int], row_multiple: int | None = None) -> torch.Tensor:
         """xs (m, C) sorted by expert, ``counts[e]`` rows for expert e -> (m, C): one matmul pair per
         expert on its contiguous slice, as one autograd node (:class:`_SortedExpertsFn`): every matmul
         writes into one preallocated buffer, the activation runs once over all rows, and the backward
         writes each expert's weight gradient straight into its slice of the stacked gradient, so no
         per-expert concatenation, split or stack is left (``benchmarks/moe.py`` times both versions).
+        ``row_multiple``: pad each expert's slice with zero rows to a multiple of this (same numbers);
+        None = :data:`CPU_LOW_PRECISION_ROW_MULTIPLE` for bf16/fp16 on a CPU (autocast included), else 1.
         Where a second derivative may be needed (``create_graph``) use :meth:`run_sorted_autograd`."""
         if any(c < 0 for c in counts) or sum(counts) != xs.shape[0] or len(counts) != self.n_expert:
             raise ValueError(f"counts must be {self.n_expert} non-negative row counts summing to xs.shape[0] = "
                              f"{xs.shape[0]}, got {counts}")
+        if row_multiple is not None:
+            _positive_int("row_multiple", row_multiple)
         w_in, w_out = self.w_in, self.w_out
         device_type = xs.device.type
         if torch.is_autocast_enabled(device_type):  # cast once here (autocast would cast every expert's slice)
             dtype = torch.get_autocast_dtype(device_type)
             xs, w_in, w_out = xs.to(dtype), w_in.to(dtype), w_out.to(dtype)
             with torch.autocast(device_type, enabled=False):
-                return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind)
+                return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind,
+                                              _row_multiple(xs, row_multiple))
         if not (xs.dtype == w_in.dtype == w_out.dtype):
             raise TypeError(f"xs ({xs.dtype}) and the experts' weights ({w_in.dtype}) must have the same dtype "
                             "outside autocast")
-        return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind)
+        return _SortedExpertsFn.apply(xs, w_in, w_out, tuple(counts), self.kind, _row_multiple(xs, row_multiple))
 
     def run_sorted_autograd(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """:meth:`run_sorted` built from ordinary autograd operations (one ``F.linear`` pair per expert
@@ -341,10 +357,62 @@ class Experts(nn.Module):
                 for e, (c, chunk) in enumerate(zip(counts, chunks))]
         return torch.cat(outs)
 
+    def run_grouped(self, xs: torch.Tensor, counts: list[int], row_multiple: int | None = None) -> torch.Tensor:
+        """:meth:`run_sorted` with PyTorch's ``F.grouped_mm``: one grouped matmul per layer of the MLP for all
+        experts (offsets = the ends of the experts' slices), ordinary autograd. Needs a PyTorch that has
+        ``torch.nn.functional.grouped_mm``, fp32/bf16/fp16, and rows of a multiple of 16 bytes (``n_embd``
+        and ``expert_hidden`` multiples of 4 in fp32, of 8 in bf16). ``row_multiple`` as in :meth:`run_sorted`
+        (same numbers; CPU bf16/fp16 pad to a multiple of 32 rows by default)."""
+        _check_grouped_mm()
+        if any(c < 0 for c in counts) or sum(counts) != xs.shape[0] or len(counts) != self.n_expert:
+            raise ValueError(f"counts must be {self.n_expert} non-negative row counts summing to xs.shape[0] = "
+                             f"{xs.shape[0]}, got {counts}")
+        if row_multiple is not None:
+            _positive_int("row_multiple", row_multiple)
+        device_type = xs.device.type
+        if torch.is_autocast_enabled(device_type):  # cast once, then run in that dtype
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):
+                return self._grouped(xs.to(dtype), self.w_in.to(dtype), self.w_out.to(dtype), counts, row_multiple)
+        if not (xs.dtype == self.w_in.dtype == self.w_out.dtype):
+            raise TypeError(f"xs ({xs.dtype}) and the experts' weights ({self.w_in.dtype}) must have the same dtype "
+                            "outside autocast")
+        return self._grouped(xs, self.w_in, self.w_out, counts, row_multiple)
+
+    def _grouped(self, xs, w_in, w_out, counts, row_multiple):
+        size = xs.element_size()
+        for name, value in (("n_embd", w_in.shape[2]), ("expert_hidden", w_out.shape[2])):
+            if value * size % 16:
+                raise ValueError(f"dispatch 'grouped_mm' needs rows of a multiple of 16 bytes: {name} ({value}) must be "
+                                 f"a multiple of {16 // math.gcd(16, size)} in {xs.dtype}; use dispatch 'sort'")
+        starts = _row_offsets(counts, _row_multiple(xs, row_multiple))
+        rows = _padded_rows(counts, starts, xs.device)
+        if rows is not None:  # zero rows between the experts' slices (see _SortedExpertsFn)
+            xs = xs.new_zeros(starts[-1], xs.shape[1]).index_copy(0, rows, xs)
+        offs = torch.tensor(starts[1:], device=xs.device, dtype=torch.int32)
+        h = F.grouped_mm(xs, w_in.transpose(1, 2), offs=offs)
+        y = F.grouped_mm(self._act(h), w_out.transpose(1, 2), offs=offs)
+        return y if rows is None else y.index_select(0, rows)
+
     def run_batched(self, slots: torch.Tensor) -> torch.Tensor:
         """slots (E, c, C) -> (E, c, C): every expert on its ``c`` slots in one batched matmul per layer."""
         h = self._act(torch.bmm(slots, self.w_in.transpose(1, 2)))
         return torch.bmm(h, self.w_out.transpose(1, 2))
+
+
+CPU_LOW_PRECISION_ROW_MULTIPLE = 32
+"""Rows each expert's slice is padded to in :meth:`Experts.run_sorted` for bf16/fp16 on a CPU. There
+oneDNN JIT-compiles a kernel for every new matmul shape (its cache holds the recent ones), and the
+per-expert row counts change every step: without padding, the bf16 MoE training step of the course model
+cost 3.5x the dense step instead of 1.3x in fp32. Rounding up to 32 rows keeps the set of shapes small
+(mostly cached) for at most 31 zero rows per expert."""
+
+
+def _row_multiple(xs: torch.Tensor, row_multiple: int | None) -> int:
+    if row_multiple is not None:
+        return row_multiple
+    low = xs.dtype in (torch.bfloat16, torch.float16)
+    return CPU_LOW_PRECISION_ROW_MULTIPLE if low and xs.device.type == "cpu" else 1
 
 
 def _activation_forward(kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -364,35 +432,60 @@ def _activation_backward(kind: str, h: torch.Tensor, grad: torch.Tensor) -> torc
     return grad * (h > 0).to(grad.dtype)
 
 
+def _row_offsets(counts, multiple: int = 1) -> list[int]:
+    """Start row of every expert's slice (and the end), each slice rounded up to a multiple of ``multiple`` rows."""
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + -(-c // multiple) * multiple)
+    return starts
+
+
+def _padded_rows(counts, starts: list[int], device) -> torch.Tensor | None:
+    """Row of the padded layout ``starts`` (from :func:`_row_offsets`) of every sorted row; None if no padding."""
+    m = sum(counts)
+    if starts[-1] == m:
+        return None
+    shift = torch.tensor([s - p for s, p in zip(starts, _row_offsets(counts))][:-1], device=device)
+    return torch.arange(m, device=device) + shift.repeat_interleave(torch.tensor(counts, device=device), output_size=m)
+
+
 class _SortedExpertsFn(torch.autograd.Function):
     """xs (m, C) sorted by expert, stacked w_in (E, R, C), w_out (E, C, H) -> (m, C), each expert on its
     ``counts[e]`` rows. Forward and backward are written out: one matmul per expert and layer straight into
-    a preallocated buffer (``out=``), the activation and its derivative once over all rows."""
+    a preallocated buffer (``out=``), the activation and its derivative once over all rows.
+
+    ``row_multiple`` > 1 pads every expert's slice with zero rows up to a multiple of that many rows (the
+    padding rows stay exactly zero through the activation and add nothing to any gradient), so that the
+    matmul shapes repeat from step to step: on a CPU, bf16/fp16 matmuls go to oneDNN, which builds (JIT
+    compiles) a new kernel for every new shape, about 10x the cost of the matmul itself at these sizes,
+    and the per-expert row counts change every step (see :data:`CPU_LOW_PRECISION_ROW_MULTIPLE`)."""
 
     @staticmethod
-    def forward(ctx, xs, w_in, w_out, counts, kind):
+    def forward(ctx, xs, w_in, w_out, counts, kind, row_multiple=1):
         m, C = xs.shape
-        h = xs.new_empty(m, w_in.shape[1])
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
+        starts = _row_offsets(counts, row_multiple)
+        rows = _padded_rows(counts, starts, xs.device)  # where each row of xs sits in the padded layout
+        if rows is not None:
+            xs = xs.new_zeros(starts[-1], C).index_copy_(0, rows, xs)
+        M = starts[-1]
+        h = xs.new_empty(M, w_in.shape[1])
         for e, c in enumerate(counts):
             if c:
                 torch.mm(xs[starts[e]:starts[e + 1]], w_in[e].t(), out=h[starts[e]:starts[e + 1]])
         a = _activation_forward(kind, h)
-        y = xs.new_empty(m, C)
+        y = xs.new_empty(M, C)
         for e, c in enumerate(counts):
             if c:
                 torch.mm(a[starts[e]:starts[e + 1]], w_out[e].t(), out=y[starts[e]:starts[e + 1]])
-        ctx.save_for_backward(xs, w_in, w_out, h, a)
+        ctx.save_for_backward(xs, w_in, w_out, h, a, rows)
         ctx.starts, ctx.kind = starts, kind
-        return y
+        return y if rows is None else y.index_select(0, rows)
 
     @staticmethod
     def backward(ctx, gy):
-        xs, w_in, w_out, h, a = ctx.saved_tensors
+        xs, w_in, w_out, h, a, rows = ctx.saved_tensors
         starts, E = ctx.starts, w_in.shape[0]
-        gy = gy.contiguous()
+        gy = gy.contiguous() if rows is None else gy.new_zeros(xs.shape).index_copy_(0, rows, gy)
         need_x, need_in, need_out = ctx.needs_input_grad[:3]
         ga = torch.empty_like(a)
         g_out = torch.zeros_like(w_out) if need_out else None
@@ -412,7 +505,9 @@ class _SortedExpertsFn(torch.autograd.Function):
                     torch.mm(gh[s:t].t(), xs[s:t], out=g_in[e])
                 if need_x:
                     torch.mm(gh[s:t], w_in[e], out=gx[s:t])
-        return gx, g_in, g_out, None, None
+        if need_x and rows is not None:
+            gx = gx.index_select(0, rows)
+        return (gx, g_in, g_out) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
 def _dispatch_sort(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, token_of: torch.Tensor,
@@ -426,6 +521,17 @@ def _dispatch_sort(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, t
     counts = torch.bincount(expert_of, minlength=E).tolist()
     tok = token_of[order]
     ys = experts.run_sorted(x.index_select(0, tok), counts) * weight_of[order, None].to(x.dtype)
+    out = torch.zeros_like(x)
+    return out.index_add_(0, tok, ys.to(x.dtype))
+
+
+def _dispatch_grouped(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, token_of: torch.Tensor,
+                      weight_of: torch.Tensor) -> torch.Tensor:
+    """:func:`_dispatch_sort` with the experts run by ``F.grouped_mm`` (:meth:`Experts.run_grouped`)."""
+    order = torch.argsort(expert_of, stable=True)
+    counts = torch.bincount(expert_of, minlength=experts.n_expert).tolist()
+    tok = token_of[order]
+    ys = experts.run_grouped(x.index_select(0, tok), counts) * weight_of[order, None].to(x.dtype)
     out = torch.zeros_like(x)
     return out.index_add_(0, tok, ys.to(x.dtype))
 
@@ -510,6 +616,8 @@ class MoELayer(nn.Module):
     def dispatch(self, value: str) -> None:
         if value not in DISPATCHES:
             raise ValueError(f"dispatch must be one of {DISPATCHES}, got {value!r}")
+        if value == "grouped_mm":
+            _check_grouped_mm()
         self.config.dispatch = value
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -547,6 +655,8 @@ class MoELayer(nn.Module):
 
         if cfg.dispatch == "bmm":
             y = _dispatch_bmm(self.experts, flat, expert_of, token_of, weight_of, slot_of, cap_used)
+        elif cfg.dispatch == "grouped_mm":
+            y = _dispatch_grouped(self.experts, flat, expert_of, token_of, weight_of)
         elif cfg.dispatch == "loop":
             y = _dispatch_loop(self.experts, flat, expert_of, token_of, weight_of)
         else:

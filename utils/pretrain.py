@@ -77,6 +77,16 @@ class Recipe:
     # Stop after this many passes over the training tokens even if the time budget allows more
     # (None: the budget alone decides). The learning rate then decays to min_lr over these passes.
     max_passes: float | None = None
+    # BPE-dropout (Provilkov et al. 2020) on the *training* text: each applicable merge is skipped with
+    # this probability when the text is encoded, and the text is re-segmented at every pass, so the
+    # model sees a word in several segmentations (scoring always uses the deterministic encoding).
+    # Applied by benchmarks/pretrain_cpu.py; 0 (off) in the course recipe and in `make pretrain`: in the
+    # benchmark's second round it lost on the tuning half at p=0.05 and p=0.1 (see its docstring).
+    bpe_dropout: float = 0.0
+    # Exponential moving average of the weights (this decay per step; 0: off), scored and kept instead of
+    # the weights themselves. Applied by benchmarks/pretrain_cpu.py only; 0 in the course recipe (0.99 did
+    # not beat the recipe's runs on the tuning half).
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
@@ -86,6 +96,13 @@ class Recipe:
                                             or not isinstance(self.max_passes, (int, float))
                                             or not 0 < self.max_passes < float("inf")):
             raise ValueError(f"Recipe.max_passes must be None or a number of passes > 0, got {self.max_passes!r}")
+        if isinstance(self.bpe_dropout, bool) or not isinstance(self.bpe_dropout, (int, float)) \
+                or not 0 <= self.bpe_dropout < 1:
+            raise ValueError(f"Recipe.bpe_dropout must be a probability in [0, 1), got {self.bpe_dropout!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ValueError(f"Recipe.ema must be a decay in [0, 1) (0: no weight averaging), got {self.ema!r}")
+        if self.bpe_dropout and self.vocab_size is None:
+            raise ValueError(f"Recipe.bpe_dropout={self.bpe_dropout} needs a BPE tokenizer; vocab_size is None (characters)")
         try:  # the model and training fields are checked by the configs they become
             self.train_config(max_steps=1, progress=False)
             self.model_config(self.vocab_size or 256)

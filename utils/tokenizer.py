@@ -4,6 +4,7 @@
     tok = BPETokenizer.train(text, vocab_size=4096)          # a few seconds on the course corpus
     ids = tok.encode("To be, or not to be")                   # list[int]
     tok.decode(ids)                                           # "To be, or not to be"
+    tok.encode_dropout(text, p=0.1)                           # BPE-dropout: a random segmentation (training text)
     cl100k = BPETokenizer.from_tiktoken("cl100k_base")        # GPT-4's tokenizer, same ids as tiktoken
     tok.save("my.tokenizer.json"); BPETokenizer.load("my.tokenizer.json")
 
@@ -24,6 +25,7 @@ output is refused with a message: decode each row (``[tok.decode(row) for row in
 from __future__ import annotations
 
 import json
+import random
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import chain
@@ -33,7 +35,7 @@ from typing import Literal
 
 import regex
 
-from utils.bpe_encode import encode_chunk
+from utils.bpe_encode import check_dropout, encode_chunk, encode_chunk_dropout
 from utils.bpe_train import check_special_list, check_train_args, train_incremental
 from utils.checks import check_int
 from utils.pretokenize import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, check_pattern, split_text
@@ -221,6 +223,27 @@ class BPETokenizer:
         chunks = split_text(text, self.pattern)
         # a cache hit is a dict lookup in C; a miss calls _ChunkCache.__missing__, which encodes
         out.extend(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+
+    def encode_dropout(self, text: str, p: float, rng: random.Random | None = None) -> list[int]:
+        """BPE-dropout (Provilkov et al. 2020) for *training* text: like :meth:`encode_ordinary`,
+        but each applicable merge is skipped with probability ``p``
+        (:func:`utils.bpe_encode.encode_chunk_dropout`), so the same word comes out in different
+        segmentations from call to call. ``rng`` (a ``random.Random``) makes the draws
+        reproducible. ``p=0`` gives :meth:`encode_ordinary`'s ids, ``p=1`` one token per byte;
+        ``decode`` always gives back ``text``. No cache (the point is a fresh draw each time)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_dropout(p, rng)
+        if p == 0:
+            return self.encode_ordinary(text)
+        rng = rng or random.Random()
+        to_id = None if self._identity_bytes else self.byte_to_id
+        out: list[int] = []
+        for chunk in split_text(_replace_surrogates(text), self.pattern):
+            data = chunk.encode("utf-8")
+            ids = list(data) if to_id is None else [to_id[b] for b in data]
+            out.extend(encode_chunk_dropout(ids, self.merges, p, rng))
+        return out
 
     def _special_regex(self, tokens: Collection[str]) -> regex.Pattern:
         key = frozenset(tokens)

@@ -1,0 +1,197 @@
+"""Dense vs MoE vs hybrid language models at equal active parameters and equal wall-clock (notebook 05's table).
+
+    python benchmarks/moe_compare.py             # every missing run (about 10 min on 2 idle cores)
+    python benchmarks/moe_compare.py --next 4    # only the next 4 missing runs (resumable: results are kept)
+    python benchmarks/moe_compare.py --report    # print the table of benchmarks/results/moe_compare.json
+    python benchmarks/moe_compare.py --models dense MoE --dense-steps 750 --out benchmarks/results/moe_compare_long.json
+                                                 # the same protocol, 3x the dense steps (about 10 min)
+
+The protocol of notebook 05's "Dense vs MoE vs hybrid" section, with more seeds than the notebook runs live.
+Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128, SwiGLU, RoPE, vocabulary
+2048), all with the same active parameters:
+
+- ``dense``: one SwiGLU MLP of width H = 512 per block;
+- ``MoE``: 8 experts of width H/2, top-2 (Mixtral-style fine-grained experts);
+- ``hybrid``: a dense MLP of width H/2 plus 8 experts of width H/4, top-2 (DeepSpeed's residual MoE);
+- ``MoE top-1``: 8 experts of width H, top-1 (Switch Transformer style: same active parameters, half the
+  token-expert assignments to route, each expert as wide as the dense MLP).
+
+1. **Step times** (measured once, on the first invocation, and stored, so that resumed invocations use
+   the same budgets): one fp32 training step of each model as ``train()`` runs it, on this process's
+   threads (``--threads``, default 2), interleaved rounds, median.
+2. **Budget**: the dense model gets ``--dense-steps`` steps; each other model the steps that fit in the
+   same time (``round(budget / its step time)``), with the same learning-rate schedule shape (warm-up 10%,
+   cosine to the end of its own budget), training text (the course corpus's training split) and seeds.
+3. **Score**: bits per character on the first ``--val-chars`` characters of the validation split (what the
+   notebook reports; no setting here was chosen by looking at it). Runs go round robin (seed 0 of every
+   model, then seed 1, ...), so an interrupted benchmark leaves balanced results.
+
+Everything trains in fp32 (notebook 05 shows why: in bf16 on a CPU the MoE step gains less from bf16 than
+the dense step). Results: ``benchmarks/results/moe_compare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.moe import cpu_name  # noqa: E402
+from utils.data import load_corpus  # noqa: E402
+from utils.metrics import bits_per_character  # noqa: E402
+from utils.model import GPT  # noqa: E402
+from utils.params import count_parameters  # noqa: E402
+from utils.pretrain import COURSE_RECIPE, EOT, load_course_model, training_text  # noqa: E402
+from utils.runtime import set_seed  # noqa: E402
+from utils.training import train  # noqa: E402
+
+MODELS = ("dense", "MoE", "hybrid", "MoE top-1")
+OUT = ROOT / "benchmarks" / "results" / "moe_compare.json"
+
+
+def model_configs(vocab_size: int) -> dict:
+    """The four configurations of the comparison (see the module docstring)."""
+    dense = COURSE_RECIPE.model_config(vocab_size)
+    H = dense.resolved_ffn_hidden
+    return {"dense": dense,
+            "MoE": replace(dense, n_expert=8, top_k=2, expert_hidden=H // 2),
+            "hybrid": replace(dense, n_expert=8, top_k=2, expert_hidden=H // 4, ffn_hidden=H // 2, moe_hybrid=True),
+            "MoE top-1": replace(dense, n_expert=8, top_k=1, expert_hidden=H)}
+
+
+def step_timer(cfg, train_ids: torch.Tensor):
+    """One fp32 training step of a fresh model of ``cfg`` (forward, backward, AdamW), as ``train()`` runs it."""
+    set_seed(0)
+    m = GPT(cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    n, bs = cfg.block_size * COURSE_RECIPE.batch_size, COURSE_RECIPE.batch_size
+    xb, yb = train_ids[:n].view(bs, -1), train_ids[1:n + 1].view(bs, -1)
+
+    def one():
+        _, loss = m(xb, yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    one()
+    return one
+
+
+def measure_step_times(cfgs: dict, train_ids: torch.Tensor, rounds: int) -> dict:
+    timers = {name: step_timer(c, train_ids) for name, c in cfgs.items()}
+    times = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, fn in timers.items():  # interleaved: a slow moment of the machine hits every model alike
+            t0 = time.perf_counter()
+            fn()
+            fn()
+            times[name].append((time.perf_counter() - t0) / 2)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def print_report(bench: dict) -> dict:
+    """Print the table of a results file; returns {model: mean val bits/char over its runs}."""
+    cfg = bench["config"]
+    print(f"Course corpus, {bench['budget_s']:.0f} s of fp32 training per model (the dense model's "
+          f"{cfg['dense_steps']} steps), {bench['threads']} threads, CPU {bench['cpu']}; bits/char on the first "
+          f"{cfg['val_chars']:,} characters of the validation split.")
+    print("step times (s/step, median): " + ", ".join(
+        f"{n} {1e3 * s:.0f} ms ({s / bench['sec_per_step']['dense']:.2f}x dense)" for n, s in bench["sec_per_step"].items()))
+    header = (f"{'model':<10} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
+              f"val bits/char per seed{'':<8} mean")
+    print(header)
+    print("-" * len(header))
+    means = {}
+    for name in bench["models"]:
+        runs = sorted((r for r in bench["runs"] if r["model"] == name), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        means[name] = statistics.mean(r["bpc"] for r in runs)
+        per_seed = ", ".join(f"{r['bpc']:.3f}" for r in runs)
+        print(f"{name:<10} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
+              f"{statistics.mean(r['seconds'] for r in runs):>7.0f} "
+              f"{statistics.mean(r['tokens_per_s'] for r in runs):>8,.0f}  {per_seed:<30} {means[name]:.3f}")
+    return means
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--dense-steps", type=int, default=250)
+    parser.add_argument("--val-chars", type=int, default=60_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timing-rounds", type=int, default=5)
+    parser.add_argument("--next", type=int, default=None, help="run only the next N missing runs")
+    parser.add_argument("--report", action="store_true", help="only print the table of the results file")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    bench = load(args.out)
+    if args.report:
+        if bench is None:
+            raise SystemExit(f"no results yet: {args.out}")
+        print_report(bench)
+        return bench
+    torch.set_num_threads(args.threads)
+    config = {"dense_steps": args.dense_steps, "val_chars": args.val_chars, "precision": "fp32",
+              "timing_rounds": args.timing_rounds}
+    if bench is not None and (bench["config"] != config or bench["threads"] != args.threads):
+        raise SystemExit(f"{args.out} was made with {bench['config']} on {bench['threads']} threads, not {config} on "
+                         f"{args.threads}: use another --out")
+    _, tok = load_course_model()
+    corpus = load_corpus()
+    train_ids = torch.tensor(tok.encode(training_text(corpus, "train"), allowed_special={EOT}))
+    val_text = corpus.text("val")[:args.val_chars]
+    val_ids = torch.tensor(tok.encode(val_text))
+    cfgs = {name: c for name, c in model_configs(tok.vocab_size).items() if name in args.models}
+    if bench is None or any(name not in bench["sec_per_step"] for name in cfgs):
+        sec = measure_step_times(model_configs(tok.vocab_size), train_ids, args.timing_rounds)
+        budget = args.dense_steps * sec["dense"]
+        bench = {"config": config, "threads": args.threads, "cpu": cpu_name(), "torch": torch.__version__,
+                 "sec_per_step": sec, "budget_s": budget, "models": list(MODELS),
+                 "steps": {name: max(2, round(budget / s)) for name, s in sec.items()},
+                 "command": " ".join(["python benchmarks/moe_compare.py", *(sys.argv[1:] if argv is None else argv)]),
+                 "runs": []}
+        print("step times: " + ", ".join(f"{n} {1e3 * s:.0f} ms" for n, s in sec.items())
+              + f"; budget {budget:.0f} s -> steps {bench['steps']}", flush=True)
+    done = {(r["model"], r["seed"]) for r in bench["runs"]}
+    todo = [(name, seed) for seed in args.seeds for name in cfgs if (name, seed) not in done]
+    if args.next is not None:
+        todo = todo[:args.next]
+    for name, seed in todo:
+        steps = bench["steps"][name]
+        set_seed(seed)
+        m = GPT(cfgs[name])
+        run = train(m, train_ids, val_ids, COURSE_RECIPE.train_config(
+            max_steps=steps, warmup_steps=max(steps // 10, 1), eval_interval=0, eval_iters=2, seed=seed,
+            precision="fp32", progress=False))
+        bpc = bits_per_character(m, val_ids, len(val_text))
+        bench["runs"].append({"model": name, "seed": seed, "steps": run.steps, "seconds": run.seconds,
+                              "tokens_per_s": run.tokens / run.seconds, "bpc": bpc,
+                              "total_params": count_parameters(cfgs[name]),
+                              "active_params": count_parameters(cfgs[name], active=True),
+                              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+        print(f"{name} seed {seed}: {run.steps} steps in {run.seconds:.0f} s, val bits/char {bpc:.3f}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(bench, indent=1) + "\n")  # after every run: resumable
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(bench, indent=1) + "\n")
+    print_report(bench)
+    return bench
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

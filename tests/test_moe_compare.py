@@ -1,0 +1,46 @@
+"""benchmarks/moe_compare.py: the four models of notebook 05's dense-vs-MoE table and its results file."""
+
+import importlib.util
+import json
+
+import pytest
+
+from utils.params import count_parameters
+from utils.runtime import REPO_ROOT
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("moe_compare", REPO_ROOT / "benchmarks" / "moe_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_four_models_have_the_same_active_parameters_within_half_a_percent():
+    cfgs = _module().model_configs(2048)
+    assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1"]
+    dense = count_parameters(cfgs["dense"], active=True)
+    for name, cfg in cfgs.items():
+        assert abs(count_parameters(cfg, active=True) / dense - 1) < 0.005, name
+    assert cfgs["MoE top-1"].top_k == 1 and cfgs["MoE top-1"].expert_hidden == cfgs["dense"].resolved_ffn_hidden
+    assert count_parameters(cfgs["MoE top-1"]) > count_parameters(cfgs["MoE"]) > count_parameters(cfgs["dense"])
+
+
+def test_a_results_file_made_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "moe_compare.json"
+    out.write_text(json.dumps({"config": {"dense_steps": 250, "val_chars": 60_000, "precision": "fp32",
+                                          "timing_rounds": 5}, "threads": 2, "runs": []}))
+    with pytest.raises(SystemExit, match="was made with"):
+        _module().main(["--dense-steps", "100", "--out", str(out)])
+
+
+def test_the_report_averages_the_runs_of_each_model(capsys):
+    bench = {"config": {"dense_steps": 10, "val_chars": 100}, "threads": 2, "cpu": "x", "budget_s": 2.0,
+             "sec_per_step": {"dense": 0.2, "MoE": 0.25}, "models": ["dense", "MoE", "hybrid"],
+             "runs": [dict(model=m, seed=s, bpc=b, steps=10, seconds=2.0, tokens_per_s=100.0, total_params=5,
+                           active_params=5)
+                      for m, s, b in (("dense", 0, 2.5), ("dense", 1, 2.7), ("MoE", 0, 2.9))]}
+    means = _module().print_report(bench)
+    assert means == pytest.approx({"dense": 2.6, "MoE": 2.9})  # no runs of the hybrid: no row
+    out = capsys.readouterr().out
+    assert "2.500, 2.700" in out and "1.25x dense" in out and "hybrid" not in out
