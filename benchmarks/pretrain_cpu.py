@@ -105,7 +105,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.data import load_tinyshakespeare  # noqa: E402
+from utils.data import EpochSampler, load_tinyshakespeare  # noqa: E402
 from utils.metrics import perplexity  # noqa: E402
 from utils.model import GPT  # noqa: E402
 from utils.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
@@ -241,13 +241,14 @@ class DropoutSegmentations:
         return self.flat[shift + torch.arange(total)]
 
 
-class ResegmentingSampler:
+class ResegmentingSampler(EpochSampler):
     """``utils.data.EpochSampler``'s passes (non-overlapping windows at a random offset, shuffled,
     every token once per pass) over a token stream that is drawn anew for every pass
     (:meth:`DropoutSegmentations.stream`). ``next_batch()`` -> ``(x, y)`` of shape (batch, block)."""
 
     def __init__(self, segmentations: DropoutSegmentations, batch_size: int, block_size: int,
                  generator: torch.Generator, device: torch.device | str | None = None):
+        # not EpochSampler.__init__: its checks need a stream, and each pass draws its own (_new_pass)
         self.seg, self.batch_size, self.block_size = segmentations, batch_size, block_size
         self.generator, self.device = generator, device
         self.passes, self.tokens_drawn = 0, 0
@@ -256,12 +257,7 @@ class ResegmentingSampler:
     def _new_pass(self) -> None:
         self.data = self.seg.stream(self.generator)
         self.tokens_drawn += len(self.data)
-        span = self.block_size + 1
-        room = len(self.data) - span
-        offset = int(torch.randint(min(span, room + 1), (1,), generator=self.generator))
-        starts = torch.arange(offset, room + 1, span)
-        self._order = starts[torch.randperm(len(starts), generator=self.generator)]
-        self._next = 0
+        super()._new_pass()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # unlike EpochSampler, each part is cut at once: a batch may straddle two passes, whose streams differ
