@@ -1,10 +1,10 @@
 """Dense vs MoE vs hybrid language models at equal active parameters and equal wall-clock (notebook 05's table).
 
-    python benchmarks/moe_compare.py             # every missing run (about 10 min on 2 idle cores)
+    python benchmarks/moe_compare.py             # every missing run (about 15 min on 2 idle cores)
     python benchmarks/moe_compare.py --next 4    # only the next 4 missing runs (resumable: results are kept)
     python benchmarks/moe_compare.py --report    # print the table of benchmarks/results/moe_compare.json
     python benchmarks/moe_compare.py --models dense MoE --dense-steps 750 --out benchmarks/results/moe_compare_long.json
-                                                 # the same protocol, 3x the dense steps (about 10 min)
+                                                 # the same protocol, 3x the dense steps (about 15 min)
 
 The protocol of notebook 05's "Dense vs MoE vs hybrid" section, with more seeds than the notebook runs live.
 Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128, SwiGLU, RoPE, vocabulary
@@ -129,7 +129,7 @@ def print_report(bench: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--dense-steps", type=int, default=250)
     parser.add_argument("--val-chars", type=int, default=60_000)
