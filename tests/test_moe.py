@@ -233,6 +233,14 @@ def test_padding_each_experts_rows_to_a_multiple_changes_no_number(mlp):
     assert grads[2][2][1].abs().max() == 0  # the empty expert still gets an exactly zero gradient
 
 
+@pytest.mark.parametrize("bad", [0, -32, 2.5, True])
+def test_a_row_multiple_that_is_not_a_positive_int_is_rejected_by_name(bad):
+    experts = Experts(2, 8, 4, "swiglu")
+    for run in (experts.run_sorted, experts.run_grouped) if HAS_GROUPED_MM else (experts.run_sorted,):
+        with pytest.raises(ValueError, match="row_multiple must be an int >= 1"):
+            run(torch.randn(3, 8), [2, 1], row_multiple=bad)
+
+
 def test_padded_sorted_experts_pass_gradcheck():
     from utils.moe import _SortedExpertsFn
 
