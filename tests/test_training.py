@@ -318,6 +318,46 @@ def test_bad_param_groups_are_refused_before_anything_changes(groups, error, phr
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_make_optimizer_replaces_adamw_and_the_schedule_drives_its_groups():
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    seen, lrs = {}, []
+
+    def sgd(m, groups, config):
+        seen["groups"] = [(len(g["params"]), g["weight_decay"], g["lr_scale"]) for g in groups]
+        seen["lr"] = config.lr
+        return torch.optim.SGD(groups, lr=config.lr)
+
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        lrs.append([g["lr"] for g in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = step
+    try:
+        before = model.head.weight.detach().clone()
+        train(model, _corpus(), None, _quiet(max_steps=4, warmup_steps=2, lr=1e-2, min_lr=1e-3), make_optimizer=sgd)
+    finally:
+        torch.optim.SGD.step = original
+    assert seen["lr"] == 1e-2 and len(seen["groups"]) == 2  # the default groups: decayed and not
+    expected = [lr_schedule(s, lr=1e-2, min_lr=1e-3, warmup_steps=2, total_steps=4) for s in range(4)]
+    assert lrs == [pytest.approx([e, e]) for e in expected]
+    assert not torch.equal(model.head.weight, before)
+
+
+@pytest.mark.parametrize("make, error, phrase", [
+    ("not a function", TypeError, "make_optimizer must be a function"),
+    (lambda m, groups, config: torch.optim.SGD(m.parameters(), lr=0.1), ValueError, "lr_scale"),
+    (lambda m, groups, config: None, ValueError, "make_optimizer"),
+])
+def test_bad_make_optimizer_is_refused_by_name(make, error, phrase):
+    torch.manual_seed(0)
+    model = TinyLM(TinyConfig())
+    with pytest.raises(error, match=phrase):
+        train(model, _corpus(), None, _quiet(max_steps=2), make_optimizer=make)
+
+
 # --------------------------------------------------------------------------------------------- auxiliary losses
 
 

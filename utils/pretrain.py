@@ -33,6 +33,10 @@ TOKENIZER_PATH = CHECKPOINT_DIR / "course-tokenizer.json"
 EOT = "<|endoftext|>"  # separates plays in the training text; use it as eos when generating
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_ADJUST_LR = ("match_rms_adamw", "original")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Tokenizer size, model shape and training settings of one pretraining run.
@@ -87,6 +91,22 @@ class Recipe:
     # the weights themselves. Applied by benchmarks/pretrain_cpu.py only; 0 in the course recipe (0.99 did
     # not beat the recipe's runs on the tuning half).
     ema: float = 0.0
+    # The optimiser: "adamw" (every parameter; the course recipe), or "muon": torch.optim.Muon
+    # (Newton-Schulz-orthogonalised momentum; Keller Jordan 2024) for the 2-D hidden matrices (the
+    # attention and MLP projections inside the blocks) and AdamW for everything else (embeddings, LM
+    # head, norms, biases), the split of Jordan's Muon and of Moonshot's "Muon is Scalable" (2025).
+    # Both follow the same schedule (:func:`make_optimizer`, :func:`train_recipe`). Applied by
+    # benchmarks/pretrain_cpu.py; "adamw" in the course recipe and in `make pretrain`: on the tuning half no
+    # Muon setting beat the recipe's runs (a Muon step costs 1.2-1.3x an AdamW step on 2 CPU threads; see
+    # the benchmark's docstring).
+    optimizer: str = "adamw"
+    # Muon's peak learning rate (None: the recipe's ``lr``) and weight decay (None: ``weight_decay``),
+    # and how its update is scaled per matrix (torch's ``adjust_lr_fn``): "match_rms_adamw" (Moonshot:
+    # 0.2 * sqrt(max(rows, cols)), so Muon can reuse AdamW's lr and weight decay) or "original"
+    # (Jordan: sqrt(max(1, rows / cols)), with Muon-sized learning rates such as 0.02).
+    muon_lr: float | None = None
+    muon_weight_decay: float | None = None
+    muon_adjust_lr: str = "match_rms_adamw"
 
     def __post_init__(self) -> None:
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
@@ -101,6 +121,22 @@ class Recipe:
             raise ValueError(f"Recipe.bpe_dropout must be a probability in [0, 1), got {self.bpe_dropout!r}")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
             raise ValueError(f"Recipe.ema must be a decay in [0, 1) (0: no weight averaging), got {self.ema!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Recipe.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("muon_lr", "muon_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0 or (name == "muon_lr" and value == 0)):
+                raise ValueError(f"Recipe.{name} must be None (the recipe's {name[5:]}) or a finite number "
+                                 f"{'> 0' if name == 'muon_lr' else '>= 0'}, got {value!r}")
+        if self.muon_adjust_lr not in MUON_ADJUST_LR:
+            raise ValueError(f"Recipe.muon_adjust_lr must be one of {MUON_ADJUST_LR}, got {self.muon_adjust_lr!r}")
+        if self.optimizer != "muon":
+            muon_set = [f"{f}={getattr(self, f)!r}" for f in ("muon_lr", "muon_weight_decay", "muon_adjust_lr")
+                        if getattr(self, f) != self.__dataclass_fields__[f].default]
+            if muon_set:
+                raise ValueError(f"Recipe sets {', '.join(muon_set)} but optimizer={self.optimizer!r}; "
+                                 "the muon_* fields need optimizer='muon'")
         if self.bpe_dropout and self.vocab_size is None:
             raise ValueError(f"Recipe.bpe_dropout={self.bpe_dropout} needs a BPE tokenizer; vocab_size is None (characters)")
         try:  # the model and training fields are checked by the configs they become
@@ -155,6 +191,125 @@ COURSE_RECIPE = Recipe()
 COURSE_VOCAB_SIZE = 2048
 COURSE_STEPS = 4000
 COURSE_SEED = 1337
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimiser of a recipe (AdamW, or Muon for the hidden matrices + AdamW for the rest)
+# ---------------------------------------------------------------------------------------------
+
+def muon_parameter_split(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """The trainable parameters of ``model`` split as Muon wants them (each listed once):
+
+    - ``"muon"``: the **hidden matrices**, the 2-D weights of the ``nn.Linear`` layers (attention and
+      MLP projections), except the output head (``model.lm_head``) and any weight shared with an
+      ``nn.Embedding`` (tied embeddings);
+    - ``"adamw_decay"``: every other matrix (token/position embeddings, the LM head);
+    - ``"adamw_no_decay"``: vectors (norm weights, biases).
+    """
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())  # tied weights once
+    outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Module):
+        outside |= {id(p) for p in head.parameters()}
+    hidden = {id(m.weight) for m in model.modules()
+              if isinstance(m, nn.Linear) and m.weight.dim() == 2 and id(m.weight) not in outside}
+    return {"muon": [p for p in params if id(p) in hidden],
+            "adamw_decay": [p for p in params if id(p) not in hidden and p.dim() >= 2],
+            "adamw_no_decay": [p for p in params if p.dim() < 2]}
+
+
+class MuonWithAdamW:
+    """``torch.optim.Muon`` and ``torch.optim.AdamW`` used as one optimiser: :meth:`step` and
+    :meth:`zero_grad` act on both, and :attr:`param_groups` lists both optimisers' groups (the same
+    dicts), so a loop that sets every group's ``lr`` (:func:`utils.training.train`: the scheduled
+    rate times the group's ``lr_scale``) drives both with one schedule."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.muon.state, **self.adamw.state}
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MuonWithAdamW.step takes no closure (it steps two optimisers)")
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def make_optimizer(recipe: Recipe, model: torch.nn.Module):
+    """The optimiser ``recipe.optimizer`` names, over ``model``'s trainable parameters.
+
+    "adamw": :func:`utils.training.configure_optimizer` (weight decay on matrices only).
+    "muon": :class:`MuonWithAdamW`: ``torch.optim.Muon`` (momentum 0.95, Nesterov, 5 Newton-Schulz
+    steps; ``adjust_lr_fn=recipe.muon_adjust_lr``) for :func:`muon_parameter_split`'s hidden
+    matrices, with weight decay ``recipe.muon_weight_decay`` (default ``weight_decay``) and
+    ``lr_scale = muon_lr / lr``; AdamW (``lr``, ``betas``, ``weight_decay`` on the other matrices,
+    none on vectors) for the rest. Every group carries ``lr_scale`` for the training loop's schedule.
+    """
+    from utils.training import configure_optimizer
+
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a utils.pretrain.Recipe, got {type(recipe).__name__}")
+    if recipe.optimizer == "adamw":
+        return configure_optimizer(model, recipe.lr, recipe.weight_decay, recipe.betas)
+    split = muon_parameter_split(model)
+    if not split["muon"]:
+        raise ValueError(f"Recipe.optimizer='muon' needs hidden nn.Linear matrices; {type(model).__name__} has none")
+    muon_lr = recipe.muon_lr if recipe.muon_lr is not None else recipe.lr
+    muon_wd = recipe.muon_weight_decay if recipe.muon_weight_decay is not None else recipe.weight_decay
+    scale = muon_lr / recipe.lr
+    muon = torch.optim.Muon([{"params": split["muon"], "lr_scale": scale, "name": "muon"}], lr=muon_lr,
+                            weight_decay=muon_wd, adjust_lr_fn=recipe.muon_adjust_lr)
+    groups = [{"params": split["adamw_decay"], "weight_decay": recipe.weight_decay, "lr_scale": 1.0, "name": "decay"},
+              {"params": split["adamw_no_decay"], "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"}]
+    groups = [g for g in groups if g["params"]]
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for g in groups for p in g["params"])
+    adamw = torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), fused=fused)
+    return MuonWithAdamW(muon, adamw)
+
+
+def train_recipe(recipe: Recipe, model: torch.nn.Module, *args, **kwargs):
+    """:func:`utils.training.train` (same arguments after ``model``) with ``recipe``'s optimiser
+    (:func:`make_optimizer`, passed as the loop's ``make_optimizer``). For ``optimizer="adamw"`` this is
+    exactly ``train(model, ...)``."""
+    from utils.training import TrainConfig, train
+
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a utils.pretrain.Recipe, got {type(recipe).__name__}")
+    if recipe.optimizer == "adamw":
+        return train(model, *args, **kwargs)
+    for name in ("param_groups", "make_optimizer"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"train_recipe: {name} cannot be combined with optimizer={recipe.optimizer!r}, "
+                             "which makes its own optimiser and groups (make_optimizer, muon_parameter_split)")
+    config = kwargs.get("config", args[2] if len(args) > 2 else None)
+    if isinstance(config, TrainConfig) and (config.lr, config.weight_decay, tuple(config.betas)) != \
+            (recipe.lr, recipe.weight_decay, tuple(recipe.betas)):
+        raise ValueError(f"train_recipe: the TrainConfig's lr/weight_decay/betas ({config.lr}, {config.weight_decay}, "
+                         f"{config.betas}) differ from the recipe's; build the config with recipe.train_config()")
+    kwargs.pop("make_optimizer", None)
+    return train(model, *args, make_optimizer=lambda m, groups, cfg: make_optimizer(recipe, m), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

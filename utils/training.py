@@ -392,12 +392,13 @@ def _nonfinite_error(step: int, value: float, lr: float, precision: str, config:
                               "probably no longer finite; rebuild or reload it before training again.")
 
 
-def _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups):
+def _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups,
+                      make_optimizer=None):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (or None for the defaults), got {type(config).__name__}")
-    for name, fn in (("get_batch", get_batch), ("callback", callback)):
+    for name, fn in (("get_batch", get_batch), ("callback", callback), ("make_optimizer", make_optimizer)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be a function or None, got {type(fn).__name__}")
     if not callable(compute_loss):
@@ -419,6 +420,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
           compute_loss: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
           callback: Callable[[int, TrainResult], None] | None = None,
           param_groups: list[dict[str, Any]] | Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+          make_optimizer: Callable[[nn.Module, list[dict[str, Any]], "TrainConfig"], Any] | None = None,
           ) -> TrainResult:
     """Train ``model`` in place and return a :class:`TrainResult`.
 
@@ -427,11 +429,15 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
     (used for the MLM and span-corruption objectives). ``callback(step, result)`` runs after each
     optimizer step. ``param_groups``: see :func:`resolve_param_groups` (only parameters with
     ``requires_grad=True`` are trained; ``lr_scale`` multiplies the schedule per group).
+    ``make_optimizer(model, groups, config)`` replaces the default AdamW (:func:`configure_optimizer`):
+    it gets the resolved groups and returns an object with ``param_groups`` (each keeping its
+    ``lr_scale``, which the schedule multiplies every step), ``step()`` and ``zero_grad()``.
     A NaN or infinite loss stops training with ``FloatingPointError`` naming the step: every step's
     loss is kept on the device and read back at the next log step, evaluation or the end (the
     reads the loop makes anyway), so the check adds no host synchronisation.
     """
-    _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups)
+    _check_train_args(model, train_data, val_data, config, get_batch, compute_loss, callback, param_groups,
+                      make_optimizer)
     config = config or TrainConfig()
     raw = _unwrap(model)
     device = as_device(device) if device is not None else next(raw.parameters()).device
@@ -477,7 +483,16 @@ def train(model: nn.Module, train_data: torch.Tensor | None = None, val_data: to
         eval_batch = get_batch
         splits = ("train", "val")
 
-    optimizer = configure_optimizer(raw, config.lr, config.weight_decay, config.betas, param_groups=groups)
+    if make_optimizer is None:
+        optimizer = configure_optimizer(raw, config.lr, config.weight_decay, config.betas, param_groups=groups)
+    else:
+        optimizer = make_optimizer(raw, groups, config)
+        made = getattr(optimizer, "param_groups", None)
+        if not (isinstance(made, list) and made and all(isinstance(g, dict) and "lr_scale" in g for g in made)
+                and callable(getattr(optimizer, "step", None)) and callable(getattr(optimizer, "zero_grad", None))):
+            raise ValueError("make_optimizer(model, groups, config) must return an optimizer with step(), zero_grad() "
+                             "and param_groups that each keep the 'lr_scale' of the groups it was given, "
+                             f"got {type(optimizer).__name__}")
     step_model = torch.compile(model) if config.compile else model
     result = TrainResult()
     plot = LiveLossPlot() if config.live_plot else None
