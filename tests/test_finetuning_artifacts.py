@@ -211,3 +211,76 @@ def test_the_committed_seed_spread_is_of_the_saved_models_recipe_and_includes_it
         assert d["exact_match"]["min"] <= d["exact_match"]["mean"] <= d["exact_match"]["max"]
     assert res["baselines"]["line_speaker"]["chance"] == pytest.approx(0.5)
     assert all(b["n"] == INSTRUCT_RECIPE["test_per_task"] for b in res["baselines"].values())
+
+
+def test_balanced_genre_examples_have_equal_counts_per_genre_and_the_flag_must_be_a_bool(corpus):
+    from collections import Counter
+
+    plain = instruction_data(corpus, "train", n_per_task=300, seed=5, tasks=("genre",))
+    balanced = instruction_data(corpus, "train", n_per_task=300, seed=5, tasks=("genre",), balance_genres=True)
+    # the training plays are about half histories: drawn in proportion, the genres are far from equal
+    assert max(Counter(e.response for e in plain).values()) > 130
+    assert Counter(e.response for e in balanced) == {"comedy": 100, "history": 100, "tragedy": 100}
+    assert len({e.input for e in balanced}) == 300  # no passage twice
+    # the other tasks do not change with the flag
+    a = instruction_data(corpus, "train", n_per_task=20, seed=5, tasks=("first_speaker",))
+    b = instruction_data(corpus, "train", n_per_task=20, seed=5, tasks=("first_speaker",), balance_genres=True)
+    assert a == b
+    with pytest.raises(ValueError, match="balance_genres must be True or False"):
+        instruction_data(corpus, "train", n_per_task=30, tasks=("genre",), balance_genres="yes")
+
+
+def test_example_mean_loss_weighs_every_example_equally_whatever_its_answer_length():
+    from utils.instruct import example_mean_loss
+    from utils.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    x = torch.randint(0, 40, (3, 8))
+    y = torch.randint(0, 40, (3, 8))
+    y[:, :4] = -100
+    _, token_mean = model(x, y)  # the default: mean over all targets
+    assert example_mean_loss(model, (x, y)).item() == pytest.approx(token_mean.item(), rel=1e-5)  # equal lengths
+    y[0, 4:7] = -100  # example 0: one target; examples 1 and 2: four each
+    logp = model(x)[0].log_softmax(-1)
+    per_example = [-logp[i][y[i] != -100].gather(-1, y[i][y[i] != -100][:, None]).mean() for i in range(3)]
+    expected = sum(per_example) / 3
+    assert example_mean_loss(model, (x, y)).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model(x, y)[1].item() != pytest.approx(expected.item(), rel=1e-3)  # the token mean weighs it 1/9, not 1/3
+    y[2] = -100  # an example without targets does not count
+    expected2 = (per_example[0] + per_example[1]) / 2
+    assert example_mean_loss(model, (x, y)).item() == pytest.approx(expected2.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="no target"):
+        example_mean_loss(model, (x, torch.full_like(y, -100)))
+
+
+def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import utils.instruct
+    from utils.instruct import INSTRUCT_RECIPE
+
+    spec = importlib.util.spec_from_file_location("finetune_tool", Path(__file__).resolve().parents[1] / "tools" / "finetune.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(utils.instruct, "train_instruct_model", fake_train)
+    with pytest.raises(Stop):
+        tool._train_instruct(INSTRUCT_RECIPE, seed=7)
+    r = INSTRUCT_RECIPE
+    assert seen["seed"] == 7 and seen["method"] == r["method"] and seen["n_per_task"] == r["n_per_task"]
+    assert seen["task_counts"] == r["task_counts"] and seen["epochs"] == r["epochs"] and seen["lr"] == r["lr"]
+    assert seen["balance_genres"] is r.get("balance_genres", False)
+    assert seen["loss_per_example"] is r.get("loss_per_example", False)
+    # an option of the recipe that the tool would drop on the floor fails here
+    passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example"}
+    assert set(r) - passed <= {"seed", "rename_speakers", "test_per_task", "test_seed"}
