@@ -254,27 +254,40 @@ def test_example_mean_loss_weighs_every_example_equally_whatever_its_answer_leng
         example_mean_loss(model, (x, torch.full_like(y, -100)))
 
 
-def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options(monkeypatch):
+class _Stop(Exception):
+    pass
+
+
+def _finetune_tool():
+    """tools/finetune.py as a module (it is a script, not a package)."""
     import importlib.util
     from pathlib import Path
-
-    import utils.instruct
-    from utils.instruct import INSTRUCT_RECIPE
 
     spec = importlib.util.spec_from_file_location("finetune_tool", Path(__file__).resolve().parents[1] / "tools" / "finetune.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    seen = {}
+    return tool
 
-    class Stop(Exception):
-        pass
+
+def _record_training(monkeypatch) -> dict:
+    """Replaces train_instruct_model by one that records its arguments and stops (raises _Stop)."""
+    import utils.instruct
+
+    seen = {}
 
     def fake_train(**kwargs):
         seen.update(kwargs)
-        raise Stop
+        raise _Stop
 
     monkeypatch.setattr(utils.instruct, "train_instruct_model", fake_train)
-    with pytest.raises(Stop):
+    return seen
+
+
+def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options(monkeypatch):
+    from utils.instruct import INSTRUCT_RECIPE
+
+    tool, seen = _finetune_tool(), _record_training(monkeypatch)
+    with pytest.raises(_Stop):
         tool._train_instruct(INSTRUCT_RECIPE, seed=7)
     r = INSTRUCT_RECIPE
     assert seen["seed"] == 7 and seen["method"] == r["method"] and seen["n_per_task"] == r["n_per_task"]
@@ -284,3 +297,31 @@ def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options
     # an option of the recipe that the tool would drop on the floor fails here
     passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example"}
     assert set(r) - passed <= {"seed", "rename_speakers", "test_per_task", "test_seed"}
+
+
+def test_tools_finetune_base_trains_on_the_given_base_and_refuses_a_missing_one(monkeypatch, tmp_path):
+    from utils.instruct import INSTRUCT_RECIPE
+
+    tool = _finetune_tool()
+    with pytest.raises(FileNotFoundError, match="--n-layer"):
+        tool.instruct_on_base(tmp_path / "missing-gpt.pt", out=tmp_path / "out.json")
+    seen = _record_training(monkeypatch)
+    with pytest.raises(_Stop):
+        tool._train_instruct(INSTRUCT_RECIPE, seed=0, base=tmp_path / "big-gpt.pt")
+    assert seen["base"] == tmp_path / "big-gpt.pt"
+
+
+def test_train_instruct_model_loads_its_base_from_the_given_checkpoint(monkeypatch):
+    import utils.instruct
+    import utils.pretrain
+
+    asked = {}
+
+    def fake_load(path=None, device=None):
+        asked["path"] = path
+        raise _Stop
+
+    monkeypatch.setattr(utils.pretrain, "load_course_model", fake_load)
+    with pytest.raises(_Stop):
+        utils.instruct.train_instruct_model(base="data/checkpoints/other-gpt.pt")
+    assert asked["path"] == "data/checkpoints/other-gpt.pt"

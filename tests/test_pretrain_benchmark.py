@@ -2,24 +2,12 @@
 scoring of exactly the same characters by both models, the pass cap, the stopping rule and the
 paired per-seed ratios of the report."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from utils.pretrain import BABY_GPT, COURSE_RECIPE, Recipe
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("pretrain_cpu", ROOT / "benchmarks" / "pretrain_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _play(n_speeches: int) -> str:

@@ -2,8 +2,6 @@
 training loop's own AdamW; "muon" puts exactly the hidden matrices into torch.optim.Muon and the rest
 into AdamW, both driven by the loop's one learning-rate schedule."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +12,6 @@ from utils.pretrain import (BABY_GPT, COURSE_RECIPE, MuonWithAdamW, Recipe, make
                             train_recipe)
 from utils.training import lr_schedule
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(vocab_size=300, n_layer=2, n_embd=32, n_head=2, block_size=16, warmup_steps=3)
 HIDDEN = ("attn.qkv_proj.weight", "attn.out_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight")
 
@@ -143,14 +140,6 @@ def test_course_recipe_and_baby_keep_adamw():
     assert COURSE_RECIPE.optimizer == BABY_GPT.optimizer == Recipe().optimizer == "adamw"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("pretrain_cpu", ROOT / "benchmarks" / "pretrain_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_explore_rows_name_the_muon_settings(bench):
     recipe, threads = bench.explore_recipe(
         "ours optimizer=muon muon_adjust_lr=original muon_lr=0.02 muon_weight_decay=0.1 threads=2")
@@ -183,3 +172,16 @@ def test_step_times_time_each_recipe_with_its_own_optimiser(bench, monkeypatch):
     assert set(res) == {"adamw", "muon"} and res["muon"]["n"] == res["adamw"]["n"] == 4  # the first round not counted
     assert len(calls) == 6  # Muon stepped in every round, only for its own recipe
     assert all(0 < r["optimizer_step"] < r["step"] for r in res.values())
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--n-embd", "190"], "divisible by n_head"),
+    (["--n-layer", "0"], "--n-layer must be >= 1"),
+    (["--n-layer", "8"], "write it elsewhere with --out"),  # never over the committed course model
+])
+def test_make_pretrain_shape_options_refuse_bad_shapes_before_any_work(argv, phrase, capsys):
+    from utils.pretrain import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert phrase in capsys.readouterr().err

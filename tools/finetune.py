@@ -15,6 +15,12 @@ training are stored in the file's metadata. Load them with
     python tools/finetune.py                 # both (a few minutes on 2 CPU cores)
     python tools/finetune.py --only genre    # or --only instruct
     python tools/finetune.py --seeds         # the instruct recipe's spread over 3 seeds (benchmarks/results/)
+    python tools/finetune.py --base data/checkpoints/course8-gpt.pt   # the instruct recipe on another base model
+
+``--base`` asks whether a task needs more capacity: it trains the instruct recipe (seed 0) on a base model
+made by ``python -m utils.pretrain --n-layer ... --out ...`` and scores it, beside the saved course-model
+instruct model, on the validation plays and on the held-out test plays; it writes
+``benchmarks/results/finetuning_instruct_base.json`` and saves no model.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ def build_instruct(out_dir: Path, device=None) -> dict:
     return meta
 
 
-def _train_instruct(r: dict, seed: int, device=None):
+def _train_instruct(r: dict, seed: int, device=None, base=None):
     """(model, tokenizer, seconds): the instruct recipe ``r`` trained with ``seed``; a fully fine-tuned
     model is rounded to bfloat16 (how it is stored), so that its scores are those of the saved model."""
     from utils.instruct import train_instruct_model
@@ -91,7 +97,7 @@ def _train_instruct(r: dict, seed: int, device=None):
     model, tok2, _ = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"],
                                           task_counts=r.get("task_counts"), epochs=r["epochs"], lr=r["lr"], seed=seed,
                                           device=device, progress=True, balance_genres=r.get("balance_genres", False),
-                                          loss_per_example=r.get("loss_per_example", False))
+                                          loss_per_example=r.get("loss_per_example", False), base=base)
     seconds = time.perf_counter() - t0
     if r["method"] == "full":
         with torch.no_grad():
@@ -163,6 +169,67 @@ def instruct_seeds(device=None, out: Path = SEEDS_RESULT) -> dict:
     return result
 
 
+BASE_RESULT = SEEDS_RESULT.with_name("finetuning_instruct_base.json")
+VAL_PER_TASK, VAL_SEED = 200, 2  # the validation items the instruct recipe was chosen on
+
+
+def instruct_on_base(base: Path, device=None, out: Path = BASE_RESULT) -> dict:
+    """The instruct recipe (seed 0) trained on the base model ``base`` and the saved instruct model (the
+    committed course model as base), both scored on the validation plays and on the held-out test plays
+    (exact match and best-scored choice). Writes ``out`` (JSON) and returns it; saves no model."""
+    import json
+    import os
+
+    from utils.checkpoint import load_checkpoint
+    from utils.data import load_corpus
+    from utils.finetuning import load_instruct_model
+    from utils.instruct import (FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy, instruction_data,
+                                score_tasks, task_baselines)
+    from utils.pretrain import CHECKPOINT_PATH
+
+    r = INSTRUCT_RECIPE
+    base = Path(base)
+    if not base.is_file():
+        raise FileNotFoundError(f"--base {base}: no such checkpoint; make one with `python -m utils.pretrain "
+                                f"--n-layer 8 --out {base}`")
+    sets = {"test": _held_out(r),
+            "val": [e for e in instruction_data(load_corpus(), "val", n_per_task=VAL_PER_TASK, seed=VAL_SEED)
+                    if e.task in FACTUAL_TASKS]}
+
+    def scores(model, tok2) -> dict:
+        out = {}
+        for name, items in sets.items():
+            sc, ca = score_tasks(model, tok2, INSTRUCT_TEMPLATE, items), choice_accuracy(model, tok2, INSTRUCT_TEMPLATE, items)
+            out[name] = {t: {"exact_match": d["exact_match"], **({"choice": ca[t]} if t in ca else {})} for t, d in sc.items()}
+        return out
+
+    rows = {}
+    for saved, label, path in ((True, "course model", CHECKPOINT_PATH), (False, "base " + base.name, base)):
+        meta = load_checkpoint(path, map_location="cpu").metadata
+        info = {"checkpoint": path.name, "parameters": meta.get("parameters"), "val_bpc": meta.get("val_bpc"),
+                "shape": {k: meta["recipe"][k] for k in ("n_layer", "n_head", "n_embd")}, "pretrain_seconds": meta.get("train_seconds")}
+        if saved:  # the committed instruct model: the same recipe and seed on the course model
+            model, tok2 = load_instruct_model(device=device)
+            info["finetune_seconds"] = model.finetune_metadata["train_seconds"]
+        else:
+            model, tok2, info["finetune_seconds"] = _train_instruct(r, r["seed"], device, base=path)
+        rows[label] = {**info, **scores(model, tok2)}
+        print(f"{label} ({info['parameters']:,} parameters): " + "; ".join(
+            f"{s} " + ", ".join(f"{t} {d['exact_match']:.3f}" + (f"/{d['choice']:.3f}" if "choice" in d else "")
+                                for t, d in rows[label][s].items()) for s in sets), flush=True)
+    result = {"recipe": r, "seed": r["seed"], "template": INSTRUCT_TEMPLATE.name,
+              "sets": {"val": {"per_task": VAL_PER_TASK, "seed": VAL_SEED}, "test": {"per_task": r["test_per_task"], "seed": r["test_seed"]}},
+              "baselines": {name: task_baselines(items) for name, items in sets.items()}, "models": rows,
+              "device": str(device or "cpu"), "torch_threads": torch.get_num_threads(),
+              "built_by": f"tools/finetune.py --base {base.name}"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     from utils.finetuning import _finetuned_dir
     from utils.runtime import get_device
@@ -174,9 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", action="store_true",
                     help="instead: train the instruct recipe's other seeds and write their held-out spread to "
                          "benchmarks/results/finetuning_instruct_seeds.json (seed 0 = the saved model)")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="instead: train the instruct recipe on this base checkpoint and score it beside the saved "
+                         "model (benchmarks/results/finetuning_instruct_base.json)")
     args = ap.parse_args(argv)
     out = args.out_dir or _finetuned_dir()
     device = get_device(args.device)
+    if args.base is not None:
+        instruct_on_base(args.base, device)
+        return
     if args.seeds:
         instruct_seeds(device)
         return

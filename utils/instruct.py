@@ -601,16 +601,19 @@ def instruct_training_set(corpus, n_per_task: int, task_counts: dict | None = No
 def train_instruct_model(examples: list[Example] | None = None, *, method: str = "lora", mask_prompt: bool = True,
                          n_per_task: int = 300, task_counts: dict | None = None, epochs: float = 4.0,
                          lr: float | None = None, batch_size: int = 16, seed: int = 0, device=None,
-                         progress: bool = False, balance_genres: bool = False, loss_per_example: bool = False):
+                         progress: bool = False, balance_genres: bool = False, loss_per_example: bool = False,
+                         base=None):
     """The course model instruction-tuned on ``examples`` (default: :func:`instruct_training_set`:
     ``n_per_task`` examples per task or ``task_counts[task]``, speakers renamed, genres balanced if
     ``balance_genres``; with ``loss_per_example``, the loss is :func:`example_mean_loss`). Returns ``(model, tokenizer, result)``: the
     model in eval mode on ``device`` (default CPU), the tokenizer with the chat special tokens, and
-    :func:`finetune_lm`'s TrainResult. Notebook 07 and ``tools/finetune.py`` both call this."""
+    :func:`finetune_lm`'s TrainResult. ``base``: a checkpoint path for :func:`utils.pretrain.load_course_model`
+    (default: the committed course model), e.g. a larger model from ``python -m utils.pretrain --n-layer 8
+    --out ...``. Notebook 07 and ``tools/finetune.py`` both call this."""
     from utils.data import load_corpus
     from utils.pretrain import load_course_model
 
-    model, tok = load_course_model(device=device)
+    model, tok = load_course_model(base, device=device)
     tok2 = prepare_instruct_model(model, tok, method)
     if examples is None:
         examples = instruct_training_set(load_corpus(), n_per_task, task_counts, seed, balance_genres)

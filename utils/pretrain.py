@@ -412,8 +412,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (default %(default)s)")
     parser.add_argument("--seed", type=int, default=COURSE_SEED)
     parser.add_argument("--no-progress", action="store_true")
+    # a larger (or smaller) model of the same recipe, e.g. a fine-tuning base with more capacity; write it
+    # elsewhere with --out (the committed course model is the default shape)
+    parser.add_argument("--n-layer", type=int, default=None, help=f"blocks (default {COURSE_RECIPE.n_layer})")
+    parser.add_argument("--n-embd", type=int, default=None, help=f"width (default {COURSE_RECIPE.n_embd})")
+    parser.add_argument("--n-head", type=int, default=None, help=f"attention heads (default {COURSE_RECIPE.n_head})")
     args = parser.parse_args(argv)
-    for name in ("steps", "vocab_size", "threads"):
+    for name in ("steps", "vocab_size", "threads", "n_layer", "n_embd", "n_head"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -421,7 +426,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = COURSE_RECIPE
+    shape = {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head") if getattr(args, k) is not None}
+    try:
+        recipe = replace(COURSE_RECIPE, **shape)  # checked by Recipe and GPTConfig (e.g. heads must divide the width)
+    except ValueError as err:
+        parser.error(str(err))
+    if shape and args.out.resolve() == CHECKPOINT_PATH.resolve():
+        parser.error(f"--n-layer/--n-embd/--n-head change the model's shape: write it elsewhere with --out "
+                     f"(e.g. --out data/checkpoints/course8-gpt.pt), not over the committed course model {CHECKPOINT_PATH.name}")
     t_start = time.perf_counter()
 
     corpus = load_corpus()
