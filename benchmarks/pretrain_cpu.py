@@ -284,24 +284,6 @@ class ResegmentingSampler(EpochSampler):
         self.tokens_drawn += len(self.data)
         super()._new_pass()
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # unlike EpochSampler, each part is cut at once: a batch may straddle two passes, whose streams differ
-        parts, need = [], self.batch_size
-        while need:
-            if self._next >= len(self._order):
-                if len(self._order):
-                    self.passes += 1
-                self._new_pass()
-            take = self._order[self._next:self._next + need]
-            self._next += len(take)
-            need -= len(take)
-            parts.append(self.data[take[:, None] + torch.arange(self.block_size + 1)])
-        windows = torch.cat(parts).long()
-        x, y = windows[:, :-1], windows[:, 1:]
-        if self.device is not None:
-            x, y = x.to(self.device), y.to(self.device)
-        return x, y
-
 
 UNSEEN_PLAY = "\n\nMaster:\n"  # The Tempest's first speech: the reporting half ends with a play the training text lacks
 

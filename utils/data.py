@@ -375,7 +375,11 @@ def _check_generator(generator) -> None:
 
 def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
              device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    windows = data[starts[:, None] + torch.arange(block_size + 1)].long()
+    return _split_windows(data[starts[:, None] + torch.arange(block_size + 1)].long(), device)
+
+
+def _split_windows(windows: torch.Tensor, device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) token windows -> inputs x and next-token targets y, (B, T) each, on ``device``."""
     x, y = windows[:, :-1], windows[:, 1:]
     if device is not None:
         device = torch.device(device)
@@ -434,7 +438,8 @@ class EpochSampler:
         self._next = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks, need = [], self.batch_size
+        # each part is cut from the pass it belongs to (a subclass may draw a new stream per pass)
+        parts, need = [], self.batch_size
         while need:
             if self._next >= len(self._order):
                 if len(self._order):
@@ -443,5 +448,5 @@ class EpochSampler:
             take = self._order[self._next:self._next + need]
             self._next += len(take)
             need -= len(take)
-            chunks.append(take)
-        return _windows(self.data, torch.cat(chunks), self.block_size, self.device)
+            parts.append(self.data[take[:, None] + torch.arange(self.block_size + 1)])
+        return _split_windows(torch.cat(parts).long(), self.device)
