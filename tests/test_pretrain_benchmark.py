@@ -95,8 +95,9 @@ def test_run_keeps_the_best_tuning_checkpoint_within_the_budget(bench):
     assert r["wall_s"] <= 3.0 * 1.15  # setup, the checks and training share the budget
     steps = [s for s, _, _ in r["checks"]]
     assert steps[0] == 0 and steps[-1] == r["steps"] and steps == sorted(steps)
-    best = min(r["checks"][1:], key=lambda c: c[2])
-    assert (r["best_step"], r["tune_bpc"]) == (best[0], best[2])
+    best = min(c[2] for c in r["checks"][1:])
+    # the kept checkpoint is a best one (the stored scores are rounded to 4 decimals, so two checks can tie)
+    assert r["tune_bpc"] == best and (r["best_step"], best) in [(s, b) for s, _, b in r["checks"][1:]]
     assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8
     assert r["chars_per_s"] == pytest.approx(r["tokens_per_s"] * r["chars_per_token"], rel=0.01)
 
@@ -200,6 +201,7 @@ def test_run_with_ema_scores_and_keeps_the_averaged_weights(bench):
     recipe = BABY_GPT.with_(n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2, ema=0.9)
     r = bench.run("tiny ema", recipe, budget=3.0, seed=0, text=_play(1500))
     assert r["wall_s"] <= 3.0 * 1.15
-    best = min(r["checks"][1:], key=lambda c: c[2])
-    assert (r["best_step"], r["tune_bpc"]) == (best[0], best[2])
+    best = min(c[2] for c in r["checks"][1:])
+    # the kept checkpoint is a best one (the stored scores are rounded to 4 decimals, so two checks can tie)
+    assert r["tune_bpc"] == best and (r["best_step"], best) in [(s, b) for s, _, b in r["checks"][1:]]
     assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8
