@@ -1,4 +1,4 @@
-"""Speed of a Mixture-of-Experts layer: three dispatch designs against a dense SwiGLU MLP.
+"""Speed of a Mixture-of-Experts layer: its dispatch designs against a dense SwiGLU MLP.
 
     python benchmarks/moe.py                     # 2 threads, 8 and 32 experts, CPU
     python benchmarks/moe.py --threads 1 --out benchmarks/results/moe_1thread.json
@@ -9,7 +9,7 @@ Forward + backward of one layer on a batch of 8 x 256 tokens of width 192: the M
 in the backward) against a dense SwiGLU MLP with the same *active* parameters (hidden 2 x 256 = 512).
 Designs, same numbers (tested), different speed:
 
-- ``sort`` (the layer's default): one stable sort groups the token-expert assignments by expert, one
+- ``sort``: one stable sort groups the token-expert assignments by expert, one
   gather, each expert runs once on its contiguous slice, one ``index_add_`` back (no limit); the experts
   run as one autograd node whose matmuls write into preallocated buffers (``Experts.run_sorted``);
 - ``sort, autograd per expert``: the same with one ``F.linear`` pair per expert built from ordinary
@@ -17,6 +17,9 @@ Designs, same numbers (tested), different speed:
   and a stack of the per-expert weight gradients in the backward);
 - ``grouped_mm``: the layer's ``grouped_mm`` dispatch: the same sorted rows through PyTorch's
   ``F.grouped_mm`` (where this PyTorch has it);
+
+  the layer's default, ``"auto"``, runs ``grouped_mm`` on a CPU whose PyTorch has it (aligned widths) and
+  ``sort`` elsewhere (``utils.moe.resolve_dispatch``; the results file records what it picked here);
 - ``loop``: the loop over experts with a boolean mask over all assignments that most tutorials write;
 - ``bmm``: capacity factor 1.25, every expert's tokens in padded slots (E, capacity, C), one batched
   matmul pair for all experts; assignments over capacity are dropped (their share is printed);
@@ -55,7 +58,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.moe import Experts, MoEConfig, MoELayer  # noqa: E402
+from utils.moe import Experts, MoEConfig, MoELayer, resolve_dispatch  # noqa: E402
 from utils.runtime import keep_freed_memory  # noqa: E402
 
 
@@ -206,7 +209,11 @@ def main(argv=None) -> dict:
                   f"{r['spread_ms'][0]:.1f}-{r['spread_ms'][1]:.1f} | {r['cpu_ms']:.1f} | {r['cpu_x_dense']:.2f} | "
                   f"{100 * r['dropped_fraction']:.1f}% |")
         print(f"loop / sort = {med['loop'] / med['sort']:.2f}x, loop / bmm = {med['loop'] / med['bmm']:.2f}x", flush=True)
+    probe = torch.empty(1, args.width, device=device, dtype=dtype)
+    default = resolve_dispatch("auto", probe, args.width, args.expert_hidden)
+    print(f"the layer's default dispatch (\"auto\") runs {default!r} here")
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "default_dispatch": default,
               "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                               "threads": args.threads,
                               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "load_average_before": load_before,

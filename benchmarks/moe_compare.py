@@ -27,7 +27,9 @@ Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128,
    model, then seed 1, ...), so an interrupted benchmark leaves balanced results.
 
 Everything trains in fp32 (notebook 05 shows why: in bf16 on a CPU the MoE step gains less from bf16 than
-the dense step). Results: ``benchmarks/results/moe_compare.json``.
+the dense step). The MoE layers use the layer's default dispatch, recorded in the results as
+``moe_dispatch`` (``"auto"``, which runs ``grouped_mm`` on a CPU whose PyTorch has it; files without the
+field were made when the default was ``"sort"``). Results: ``benchmarks/results/moe_compare.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from benchmarks.moe import cpu_name  # noqa: E402
 from utils.data import load_corpus  # noqa: E402
 from utils.metrics import bits_per_character  # noqa: E402
 from utils.model import GPT  # noqa: E402
+from utils.moe import resolve_dispatch  # noqa: E402
 from utils.params import count_parameters  # noqa: E402
 from utils.pretrain import COURSE_RECIPE, EOT, load_course_model, training_text  # noqa: E402
 from utils.runtime import set_seed  # noqa: E402
@@ -108,6 +111,7 @@ def print_report(bench: dict) -> dict:
     print(f"Course corpus, {bench['budget_s']:.0f} s of fp32 training per model (the dense model's "
           f"{cfg['dense_steps']} steps), {bench['threads']} threads, CPU {bench['cpu']}; bits/char on the first "
           f"{cfg['val_chars']:,} characters of the validation split.")
+    print(f"MoE layers dispatched with {bench.get('moe_dispatch', 'sort (the default when this file was made)')}")
     print("step times (s/step, median): " + ", ".join(
         f"{n} {1e3 * s:.0f} ms ({s / bench['sec_per_step']['dense']:.2f}x dense)" for n, s in bench["sec_per_step"].items()))
     header = (f"{'model':<10} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
@@ -158,10 +162,13 @@ def main(argv=None) -> dict:
     val_ids = torch.tensor(tok.encode(val_text))
     cfgs = {name: c for name, c in model_configs(tok.vocab_size).items() if name in args.models}
     if bench is None or any(name not in bench["sec_per_step"] for name in cfgs):
-        sec = measure_step_times(model_configs(tok.vocab_size), train_ids, args.timing_rounds)
+        cfgs_all = model_configs(tok.vocab_size)
+        sec = measure_step_times(cfgs_all, train_ids, args.timing_rounds)
         budget = args.dense_steps * sec["dense"]
         bench = {"config": config, "threads": args.threads, "cpu": cpu_name(), "torch": torch.__version__,
                  "sec_per_step": sec, "budget_s": budget, "models": list(MODELS),
+                 "moe_dispatch": "auto -> " + resolve_dispatch("auto", train_ids.new_empty(1, 1, dtype=torch.float32),
+                                                               cfgs_all["MoE"].n_embd, cfgs_all["MoE"].expert_hidden),
                  "steps": {name: max(2, round(budget / s)) for name, s in sec.items()},
                  "command": " ".join(["python benchmarks/moe_compare.py", *(sys.argv[1:] if argv is None else argv)]),
                  "runs": []}

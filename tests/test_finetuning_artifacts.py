@@ -294,8 +294,9 @@ def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options
     assert seen["task_counts"] == r["task_counts"] and seen["epochs"] == r["epochs"] and seen["lr"] == r["lr"]
     assert seen["balance_genres"] is r.get("balance_genres", False)
     assert seen["loss_per_example"] is r.get("loss_per_example", False)
+    assert seen["genre_stage"] == r.get("genre_stage")
     # an option of the recipe that the tool would drop on the floor fails here
-    passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example"}
+    passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example", "genre_stage"}
     assert set(r) - passed <= {"seed", "rename_speakers", "test_per_task", "test_seed"}
 
 
@@ -325,3 +326,30 @@ def test_train_instruct_model_loads_its_base_from_the_given_checkpoint(monkeypat
     with pytest.raises(_Stop):
         utils.instruct.train_instruct_model(base="data/checkpoints/other-gpt.pt")
     assert asked["path"] == "data/checkpoints/other-gpt.pt"
+
+
+def test_a_genre_stage_draws_balanced_genres_anew_replays_each_other_task_and_trains_only_on_them(corpus):
+    from collections import Counter
+
+    from utils.instruct import genre_stage_set, instruct_training_set, run_genre_stage, train_instruct_model
+
+    stage = {"n": 30, "replay": 4, "epochs": 1.0, "lr": 1e-4}
+    ex = genre_stage_set(corpus, stage, seed=5)
+    assert Counter(e.task for e in ex) == {"genre": 30, "first_speaker": 4, "line_speaker": 4, "speakers": 4, "continue": 4}
+    assert Counter(e.response for e in ex if e.task == "genre") == {"comedy": 10, "history": 10, "tragedy": 10}
+    first = [e for e in instruct_training_set(corpus, 0, {"genre": 30}, 5, balance_genres=True)]
+    assert {e.input for e in ex if e.task == "genre"} != {e.input for e in first}  # not the first stage's draw
+    assert {e.play for e in ex} <= {p.play for p in corpus.passages if p.split == "train"}
+    model, tok = load_course_model()
+    tok2 = prepare_instruct_model(model, tok, "full")
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    out, result = run_genre_stage(model, tok2, {"n": 6, "replay": 0, "epochs": 1.0, "lr": 1e-4}, seed=0, corpus=corpus)
+    assert out is model and not model.training and result.steps == 1  # 6 examples, batches of 16: one step
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for bad, word in (({"n": 30}, "keys"), ({**stage, "n": 2}, "'n'"), ({**stage, "replay": -1}, "'replay'"),
+                      ({**stage, "lr": 0}, "'lr'")):
+        with pytest.raises(ValueError, match=word):
+            genre_stage_set(corpus, bad)
+    with pytest.raises(ValueError, match="genre_stage"):  # refused before any training
+        train_instruct_model(genre_stage={"n": 30})

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.moe import (DISPATCHES, ROUTERS, Experts, MoEConfig, MoELayer, TopKRouter, balance_loss, capacity,
+from utils.moe import (DISPATCHES, ROUTERS, resolve_dispatch, Experts, MoEConfig, MoELayer, TopKRouter, balance_loss, capacity,
                        moe_parameter_counts, z_loss)
 
 HAS_GROUPED_MM = hasattr(F, "grouped_mm")
@@ -28,6 +28,14 @@ def _layer(seed=0, **kw) -> MoELayer:
     layer = MoELayer(MoEConfig(**cfg))
     _randomise(layer, seed)
     return layer.eval()
+
+
+def _output_and_grads(layer: MoELayer, x: torch.Tensor) -> list[torch.Tensor]:
+    """A training step's output, input gradient and every parameter's gradient (loss: y² + aux loss)."""
+    xi = x.clone().requires_grad_(True)
+    y, stats = layer(xi)
+    (y.square().sum() + stats["aux_loss"]).backward()
+    return [y.detach(), xi.grad] + [p.grad for p in layer.parameters()]
 
 
 def _swiglu(x, w_in, w_out):
@@ -169,6 +177,39 @@ def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacit
         assert other[4] == results[0][4]
 
 
+@pytest.mark.parametrize("router,capacity_factor", [("topk", None), ("topk", 0.5), ("expert_choice", None)])
+def test_all_dispatch_designs_agree_under_cpu_bf16_autocast(router, capacity_factor):
+    x = torch.randn(2, 9, 16)
+    results = {}
+    for dispatch in RUNNABLE_DISPATCHES:
+        layer = _layer(seed=4, router=router, capacity_factor=capacity_factor, dispatch=dispatch).train()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, stats = layer(xi)
+        (y.float().square().sum() + stats["aux_loss"]).backward()
+        results[dispatch] = (y.float(), xi.grad, layer.experts.w_in.grad, layer.router.weight.grad)
+    assert results["loop"][2].dtype == torch.float32  # the fp32 weights get fp32 gradients
+    for dispatch, res in results.items():  # bf16 round-off, relative to each tensor's largest entry
+        for a, b in zip(results["sort"], res):
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * a.abs().max().item(), msg=dispatch)
+
+
+def test_the_mask_loop_is_makemoes_loop_line_for_line():
+    """The baseline must not be faster than the tutorial code it stands for: per expert a boolean mask over the
+    tokens from ``(indices == i).any(dim=-1)``, ``flat_x[flat_mask]``, the gating column, a masked ``+=``."""
+    import inspect
+
+    from utils.moe import _dispatch_loop
+    src = inspect.getsource(_dispatch_loop)
+    for line in ("expert_mask = (indices == i).any(dim=-1)", "flat_mask = expert_mask.view(-1)",
+                 "if flat_mask.any():", "expert_input = flat_x[flat_mask]",
+                 "gating_scores = flat_gating_output[flat_mask, i].unsqueeze(1)",
+                 "weighted_output = expert_output * gating_scores",
+                 "final_output[expert_mask] += weighted_output.squeeze(1)"):
+        assert line in src, line
+    assert "index_add" not in src.split('"""')[-1]  # no vectorised scatter in the loop's code
+
+
 @pytest.mark.parametrize("mlp", ["swiglu", "gelu", "relu"])
 def test_fused_sorted_experts_equal_the_autograd_version_with_an_empty_expert(mlp):
     torch.manual_seed(0)
@@ -297,10 +338,7 @@ def test_grouped_mm_dispatch_equals_sort_in_output_and_every_gradient(capacity_f
     results = {}
     for dispatch in ("sort", "grouped_mm"):
         layer = _layer(seed=5, n_expert=6, top_k=2, capacity_factor=capacity_factor, dispatch=dispatch).train()
-        xi = x.clone().requires_grad_(True)
-        y, stats = layer(xi)
-        (y.square().sum() + stats["aux_loss"]).backward()
-        results[dispatch] = [y.detach(), xi.grad] + [p.grad for p in layer.parameters()]
+        results[dispatch] = _output_and_grads(layer, x)
     assert len(results["sort"]) == 5  # output, input grad, router, w_in, w_out
     for a, b in zip(results["sort"], results["grouped_mm"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -331,10 +369,44 @@ def test_grouped_mm_dispatch_without_grouped_mm_or_with_unaligned_widths_raises_
     monkeypatch.delattr(F, "grouped_mm", raising=False)
     with pytest.raises(RuntimeError, match="needs torch.nn.functional.grouped_mm.*use dispatch 'sort'"):
         MoEConfig(n_embd=16, dispatch="grouped_mm")
-    layer = _layer()
+    layer = _layer(dispatch="sort")
     with pytest.raises(RuntimeError, match="needs torch.nn.functional.grouped_mm"):
         layer.dispatch = "grouped_mm"
     assert layer.dispatch == "sort"
+
+
+def test_auto_is_the_default_and_picks_grouped_mm_only_on_a_cpu_with_aligned_rows():
+    assert MoEConfig(n_embd=16).dispatch == "auto" and _layer().dispatch == "auto"
+    x = torch.randn(10, 16)
+    assert resolve_dispatch("auto", x, 16, 24) == ("grouped_mm" if HAS_GROUPED_MM else "sort")
+    assert resolve_dispatch("auto", x, 16, 3) == "sort"  # 12-byte rows: grouped_mm cannot take them
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 rows need widths that are multiples of 8
+        assert resolve_dispatch("auto", x, 16, 12) == "sort"
+        assert resolve_dispatch("auto", x, 16, 24) == ("grouped_mm" if HAS_GROUPED_MM else "sort")
+    assert resolve_dispatch("auto", x.to("meta"), 16, 24) == "sort"  # not a CPU: grouped_mm was not timed there
+    for d in ("sort", "loop", "bmm"):
+        assert resolve_dispatch(d, x, 16, 3) == d  # an explicit design is kept
+
+
+@pytest.mark.parametrize("expert_hidden", [24, 3])
+def test_auto_dispatch_equals_sort_in_output_and_every_gradient(expert_hidden):
+    x = torch.randn(4, 12, 16)
+    results = {}
+    for dispatch in ("sort", "auto"):
+        layer = _layer(seed=3, n_expert=6, top_k=2, expert_hidden=expert_hidden, dispatch=dispatch).train()
+        results[dispatch] = _output_and_grads(layer, x)
+    for a, b in zip(results["sort"], results["auto"]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_dispatch_falls_back_to_sort_without_grouped_mm(monkeypatch):
+    monkeypatch.delattr(F, "grouped_mm", raising=False)
+    layer = _layer(seed=2)  # no error: "auto" needs no grouped_mm
+    assert resolve_dispatch("auto", torch.randn(3, 16), 16, 24) == "sort"
+    x = torch.randn(2, 7, 16)
+    y, _ = layer(x)
+    layer.dispatch = "sort"
+    torch.testing.assert_close(y, layer(x)[0], rtol=0, atol=0)
 
 
 def test_sorted_experts_refuse_counts_that_do_not_match_the_rows():

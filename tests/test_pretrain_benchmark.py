@@ -205,3 +205,56 @@ def test_run_with_ema_scores_and_keeps_the_averaged_weights(bench):
     # the kept checkpoint is a best one (the stored scores are rounded to 4 decimals, so two checks can tie)
     assert r["tune_bpc"] == best and (r["best_step"], best) in [(s, b) for s, _, b in r["checks"][1:]]
     assert r["report_bpc"] is not None and 0 < r["report_bpc"] < 8
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenMP wait policy of the runs (--omp-wait-policy)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("before", [None, "ACTIVE"])
+def test_omp_environment_gives_each_policy_then_restores_the_variable(bench, monkeypatch, before):
+    import os
+
+    if before is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", before)
+    with bench.omp_environment("passive"):
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ.get("OMP_WAIT_POLICY") == before
+    with bench.omp_environment("default"):
+        assert "OMP_WAIT_POLICY" not in os.environ  # OpenMP's own default: no variable at all
+    assert os.environ.get("OMP_WAIT_POLICY") == before
+
+
+def test_run_slot_refuses_an_unknown_wait_policy_before_starting_a_run(bench):
+    with pytest.raises(ValueError, match="omp_wait_policy must be one of"):
+        bench.run_slot([("ours, 2 threads", COURSE_RECIPE, 2)], 180.0, 0, omp_wait_policy="spin")
+
+
+def test_a_run_whose_torch_loaded_with_another_policy_is_rejected(bench):
+    default = {"row": "ours, 2 threads", "omp_wait_policy": "OpenMP default (torch was imported before utils.runtime)"}
+    passive = {"row": "ours, 2 threads", "omp_wait_policy": "PASSIVE"}
+    bench.check_run_policy("default", default)
+    bench.check_run_policy("passive", passive)
+    with pytest.raises(RuntimeError, match="asked for omp_wait_policy='default'.*'PASSIVE'"):
+        bench.check_run_policy("default", passive)
+    with pytest.raises(RuntimeError, match="asked for omp_wait_policy='passive'"):
+        bench.check_run_policy("passive", default)
+
+
+def test_next_refuses_rows_that_are_not_protocol_rows(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--rows", "ours, 3 threads", "--out", str(tmp_path / "r.json")])
+    assert "not protocol rows: ['ours, 3 threads']" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_next_refuses_to_mix_wait_policies_in_one_results_file(bench, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"budget_s": 180.0, "omp_wait_policy": "passive", "runs": [{"row": "x", "seed": 0}]}))
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--omp-wait-policy", "default", "--out", str(out)])
+    assert "holds runs with --omp-wait-policy passive" in capsys.readouterr().err

@@ -97,7 +97,8 @@ def _train_instruct(r: dict, seed: int, device=None, base=None):
     model, tok2, _ = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"],
                                           task_counts=r.get("task_counts"), epochs=r["epochs"], lr=r["lr"], seed=seed,
                                           device=device, progress=True, balance_genres=r.get("balance_genres", False),
-                                          loss_per_example=r.get("loss_per_example", False), base=base)
+                                          loss_per_example=r.get("loss_per_example", False), base=base,
+                                          genre_stage=r.get("genre_stage"))
     seconds = time.perf_counter() - t0
     if r["method"] == "full":
         with torch.no_grad():

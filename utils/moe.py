@@ -10,7 +10,9 @@
   per expert on a contiguous slice, all experts in one autograd node), ``"grouped_mm"`` (the same sorted
   rows through PyTorch's ``F.grouped_mm``, where this PyTorch has it), ``"bmm"`` (capacity-padded slots,
   one batched matmul for all experts) and ``"loop"`` (the loop over experts with boolean masks that most
-  tutorials write).
+  tutorials write). The default, ``"auto"``, picks one per forward (:func:`resolve_dispatch`):
+  ``"grouped_mm"`` where it was measured fastest (a CPU, a PyTorch that has it, aligned widths), else
+  ``"sort"``.
 - :class:`MoELayer` — ``forward(x (B, T, C)) -> (y (B, T, C), stats)``: router + experts, optional
   capacity limit (assignments over capacity are dropped: their token passes through the block's
   residual unchanged, and they are counted), optional always-on shared experts (DeepSeek-MoE) and an
@@ -35,11 +37,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ROUTERS", "DISPATCHES", "MoEConfig", "moe_config", "check_moe_fields", "gpt_from_hf_mixtral", "TopKRouter", "Routing", "Experts", "MoELayer",
+__all__ = ["ROUTERS", "DISPATCHES", "resolve_dispatch", "MoEConfig", "moe_config", "check_moe_fields", "gpt_from_hf_mixtral", "TopKRouter", "Routing", "Experts", "MoELayer",
            "capacity", "balance_loss", "z_loss", "moe_parameter_counts"]
 
 ROUTERS = ("topk", "noisy_topk", "expert_choice")
-DISPATCHES = ("sort", "bmm", "loop", "grouped_mm")
+DISPATCHES = ("auto", "sort", "bmm", "loop", "grouped_mm")
 EXPERT_ACTIVATIONS = ("swiglu", "gelu", "relu")
 
 
@@ -69,8 +71,9 @@ class MoEConfig:
     width ``n_shared_expert * expert_hidden``. hybrid: a dense MLP of width ``dense_hidden`` beside the
     experts, ``out = moe(x) * c0 + mlp(x) * c1`` with ``c = softmax(Linear(x))`` per token (DeepSpeed).
     No Linear layer of the experts has a bias (as in Mixtral). dropout: on the layer's output.
-    dispatch: "sort" | "bmm" | "loop" | "grouped_mm" (same numbers, different speed; see
-    ``benchmarks/moe.py``; "grouped_mm" needs ``torch.nn.functional.grouped_mm``).
+    dispatch: "auto" | "sort" | "bmm" | "loop" | "grouped_mm" (same numbers, different speed; see
+    ``benchmarks/moe.py``; "grouped_mm" needs ``torch.nn.functional.grouped_mm``; "auto", the default,
+    chooses per forward with :func:`resolve_dispatch`).
     """
 
     n_embd: int
@@ -86,7 +89,7 @@ class MoEConfig:
     hybrid: bool = False
     dense_hidden: int | None = None
     dropout: float = 0.0
-    dispatch: str = "sort"
+    dispatch: str = "auto"
 
     def __post_init__(self) -> None:
         _positive_int("n_embd", self.n_embd)
@@ -123,7 +126,7 @@ class MoEConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-def moe_config(config, dispatch: str = "sort") -> MoEConfig:
+def moe_config(config, dispatch: str = "auto") -> MoEConfig:
     """The :class:`MoEConfig` of the MoE layers of a :class:`utils.model.GPTConfig` (its ``n_expert``,
     ``top_k``, ``expert_hidden``, ``capacity_factor``, ``router``, ``aux_loss_coef``, ``z_loss_coef``,
     ``n_shared_expert`` and ``moe_hybrid`` fields)."""
@@ -537,18 +540,34 @@ def _dispatch_grouped(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor
 
 
 def _dispatch_loop(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, token_of: torch.Tensor,
-                   weight_of: torch.Tensor) -> torch.Tensor:
-    """The tutorial version: for each expert, a boolean mask over all assignments, then index the tokens."""
-    out = torch.zeros_like(x)
+                   weight_of: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """The loop over experts with boolean masks that tutorials write, line for line as makeMoE
+    (github.com/AviSoori1x/makeMoE, ``SparseMoE.forward``): for every expert a boolean mask over all
+    tokens, the masked tokens through the expert, times their gating scores (a column of the (n, E)
+    gating matrix, zero where a token does not go), added back with a masked ``+=``.
+
+    ``indices`` (n, k): each token's experts, as makeMoE's router returns them; None (capacity drops,
+    expert choice): an (n, E) table built from the assignments, -1 where a token does not go. Ours used
+    to index with the assignment list and ``index_add`` the results back, which was 1.16x faster than
+    makeMoE's lines at 8 and at 32 experts (CPU, 2 threads): a baseline faster than the code it stands for."""
+    n, E = x.shape[0], experts.n_expert
+    if indices is None:
+        indices = torch.full((n, E), -1, dtype=expert_of.dtype, device=x.device).index_put(
+            (token_of, expert_of), expert_of)
+    flat_gating_output = x.new_zeros(n, E).index_put((token_of, expert_of), weight_of.to(x.dtype))
+    final_output = torch.zeros_like(x)
+    flat_x = x
     w_in, w_out = experts.per_expert_weights()  # (as separate nn.Linear experts would be)
-    for e in range(experts.n_expert):
-        sel = expert_of == e
-        if not bool(sel.any()):
-            continue
-        tok = token_of[sel]
-        y = F.linear(experts._act(F.linear(x[tok], w_in[e])), w_out[e]) * weight_of[sel, None].to(x.dtype)
-        out = out.index_add(0, tok, y.to(x.dtype))
-    return out
+    for i in range(E):
+        expert_mask = (indices == i).any(dim=-1)
+        flat_mask = expert_mask.view(-1)
+        if flat_mask.any():
+            expert_input = flat_x[flat_mask]
+            expert_output = F.linear(experts._act(F.linear(expert_input, w_in[i])), w_out[i])
+            gating_scores = flat_gating_output[flat_mask, i].unsqueeze(1)
+            weighted_output = expert_output * gating_scores
+            final_output[expert_mask] += weighted_output.squeeze(1)
+    return final_output
 
 
 def _dispatch_bmm(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, token_of: torch.Tensor,
@@ -562,6 +581,21 @@ def _dispatch_bmm(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, to
     ys = experts.run_batched(slots.view(E, cap, C)).reshape(E * cap, C).index_select(0, flat)
     out = torch.zeros_like(x)
     return out.index_add_(0, token_of, (ys * weight_of[:, None].to(ys.dtype)).to(x.dtype))
+
+
+def resolve_dispatch(dispatch: str, x: torch.Tensor, n_embd: int, expert_hidden: int) -> str:
+    """The design a layer runs for tokens ``x``: ``dispatch`` itself, except ``"auto"``, which is
+    ``"grouped_mm"`` where it applies and was measured fastest — this PyTorch has
+    ``torch.nn.functional.grouped_mm``, ``x`` is on a CPU, and ``n_embd`` and ``expert_hidden`` rows are a
+    multiple of 16 bytes in the compute dtype (autocast's, if on) — and ``"sort"`` otherwise (the same
+    numbers; on a GPU ``grouped_mm`` was not timed here). ``benchmarks/moe.py`` times both."""
+    if dispatch != "auto":
+        return dispatch
+    if not hasattr(F, "grouped_mm") or x.device.type != "cpu":
+        return "sort"
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    size = torch.empty((), dtype=dtype).element_size()
+    return "grouped_mm" if n_embd * size % 16 == 0 and expert_hidden * size % 16 == 0 else "sort"
 
 
 def _position_in_expert(expert_of: torch.Tensor, n_expert: int) -> torch.Tensor:
@@ -628,6 +662,7 @@ class MoELayer(nn.Module):
         B, T, C = x.shape
         flat = x.reshape(-1, C)
         n, E, k = flat.shape[0], cfg.n_expert, cfg.top_k
+        design = resolve_dispatch(cfg.dispatch, flat, C, cfg.expert_hidden)
         cap = capacity(n, E, k, cfg.capacity_factor)
         routing = self.router(flat, expert_capacity=capacity(n, E, k, cfg.capacity_factor or 1.0))
         if routing.expert_choice:
@@ -643,7 +678,7 @@ class MoELayer(nn.Module):
             token_of = torch.arange(n, device=x.device).repeat_interleave(k)
             weight_of = routing.weight.reshape(-1)
             dropped, slot_of, cap_used = 0, None, 1
-            if cap is not None or cfg.dispatch == "bmm":
+            if cap is not None or design == "bmm":
                 slot_of = _position_in_expert(expert_of, E)
                 cap_used = int(slot_of.max()) + 1 if cap is None else cap
             if cap is not None:
@@ -653,12 +688,13 @@ class MoELayer(nn.Module):
                     expert_of, token_of, weight_of, slot_of = (expert_of[keep], token_of[keep], weight_of[keep],
                                                                slot_of[keep])
 
-        if cfg.dispatch == "bmm":
+        if design == "bmm":
             y = _dispatch_bmm(self.experts, flat, expert_of, token_of, weight_of, slot_of, cap_used)
-        elif cfg.dispatch == "grouped_mm":
+        elif design == "grouped_mm":
             y = _dispatch_grouped(self.experts, flat, expert_of, token_of, weight_of)
-        elif cfg.dispatch == "loop":
-            y = _dispatch_loop(self.experts, flat, expert_of, token_of, weight_of)
+        elif design == "loop":
+            y = _dispatch_loop(self.experts, flat, expert_of, token_of, weight_of,
+                               routing.index if not (routing.expert_choice or dropped) else None)
         else:
             y = _dispatch_sort(self.experts, flat, expert_of, token_of, weight_of)
 
