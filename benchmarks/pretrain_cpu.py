@@ -729,6 +729,13 @@ def main(argv=None) -> None:
         if args.next is not None:
             if data["runs"] and data.get("budget_s") != args.budget:
                 parser.error(f"{out} holds runs with a {data.get('budget_s')} s budget; use the same --budget")
+            # arguments first: a bad one fails at once, before the text is loaded
+            if data["runs"] and data.get("omp_wait_policy", "passive") != args.omp_wait_policy:
+                parser.error(f"{out} holds runs with --omp-wait-policy {data.get('omp_wait_policy', 'passive')}; "
+                             "use the same one (or another --out)")
+            unknown = [row for row in args.rows or [] if row not in ROWS]
+            if unknown:
+                parser.error(f"--next --rows: not protocol rows: {unknown}; rows: {list(ROWS)}")
             _, tune_text, report_text = split_text(load_tinyshakespeare())
             data.update(budget_s=args.budget, environment=env, seeds=args.seeds, checks=list(CHECKS),
                         tune_chars=len(tune_text), report_chars=len(report_text),
@@ -739,13 +746,7 @@ def main(argv=None) -> None:
             data.setdefault("invocations", []).append(
                 {"argv": ["python", "benchmarks/pretrain_cpu.py", *(argv if argv is not None else sys.argv[1:])],
                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_avg": list(os.getloadavg())})
-            if data["runs"] and data.get("omp_wait_policy", "passive") != args.omp_wait_policy:
-                parser.error(f"{out} holds runs with --omp-wait-policy {data.get('omp_wait_policy', 'passive')}; "
-                             "use the same one (or another --out)")
             data["omp_wait_policy"] = args.omp_wait_policy
-            unknown = [row for row in args.rows or [] if row not in ROWS]
-            if unknown:
-                parser.error(f"--next --rows: not protocol rows: {unknown}; rows: {list(ROWS)}")
             slots = [tuple(row for row in slot if not args.rows or row in args.rows) for slot in SLOTS]
             done = {(r["row"], r["seed"]) for r in data["runs"]}
             todo = [(seed, slot) for seed in args.seeds for slot in slots
