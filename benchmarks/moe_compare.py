@@ -5,6 +5,9 @@
     python benchmarks/moe_compare.py --report    # print the table of benchmarks/results/moe_compare.json
     python benchmarks/moe_compare.py --models dense MoE --dense-steps 750 --out benchmarks/results/moe_compare_long.json
                                                  # the same protocol, 3x the dense steps (about 15 min)
+    python benchmarks/moe_compare.py --models dense "MoE x2" MoE --dense-steps 750 --val-start 200000 --seeds 0 \
+        --timing-rounds 20 --out benchmarks/results/moe_compare_screen.json
+                                                 # a screen: candidates scored on validation text the tables never report
 
 The protocol of notebook 05's "Dense vs MoE vs hybrid" section, with more seeds than the notebook runs live.
 Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128, SwiGLU, RoPE, vocabulary
@@ -25,6 +28,11 @@ Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128,
 3. **Score**: bits per character on the first ``--val-chars`` characters of the validation split (what the
    notebook reports; no setting here was chosen by looking at it). Runs go round robin (seed 0 of every
    model, then seed 1, ...), so an interrupted benchmark leaves balanced results.
+
+**Screens.** A change to the MoE (the candidates of ``CANDIDATES``) is first tried on a screening slice
+(``--val-start 200000``: validation characters [200,000, 260,000), which no reported table scores), and only a
+winner is run on the reported slice. ``MoE x2`` and ``MoE`` have the same step cost (the factor multiplies the
+n x k routing weights); timing them separately shows the timing noise.
 
 Everything trains in fp32 (notebook 05 shows why: in bf16 on a CPU the MoE step gains less from bf16 than
 the dense step). The MoE layers use the layer's default dispatch, recorded in the results as
@@ -59,17 +67,29 @@ from utils.runtime import set_seed  # noqa: E402
 from utils.training import train  # noqa: E402
 
 MODELS = ("dense", "MoE", "hybrid", "MoE top-1")
+# Screening candidates (run with --models and scored with --val-start on text the table never reports)
+CANDIDATES = ("MoE x2", "MoE x2 alternate", "MoE top-1 x8")
 OUT = ROOT / "benchmarks" / "results" / "moe_compare.json"
 
 
 def model_configs(vocab_size: int) -> dict:
-    """The four configurations of the comparison (see the module docstring)."""
+    """The four configurations of the comparison (see the module docstring), then the screening
+    candidates: ``MoE x2`` is ``MoE`` with ``routed_scaling_factor=2`` (top-2 weights sum to 1 over experts
+    of half the dense width, so the plain MoE's output starts at about half the dense MLP's; the factor
+    restores the dense scale), ``MoE x2 alternate`` the same in every other block (blocks 1 and 3, counted from
+    0; dense MLPs in 0 and 2, as GShard and Switch alternate), ``MoE top-1 x8`` the Switch-style top-1 MoE with
+    a factor of 8: its weight is the raw router probability (about 1/8 at the start), so its output starts
+    at about 1/8 of the dense MLP's."""
     dense = COURSE_RECIPE.model_config(vocab_size)
     H = dense.resolved_ffn_hidden
+    moe = replace(dense, n_expert=8, top_k=2, expert_hidden=H // 2)
     return {"dense": dense,
-            "MoE": replace(dense, n_expert=8, top_k=2, expert_hidden=H // 2),
+            "MoE": moe,
             "hybrid": replace(dense, n_expert=8, top_k=2, expert_hidden=H // 4, ffn_hidden=H // 2, moe_hybrid=True),
-            "MoE top-1": replace(dense, n_expert=8, top_k=1, expert_hidden=H)}
+            "MoE top-1": replace(dense, n_expert=8, top_k=1, expert_hidden=H),
+            "MoE x2": replace(moe, routed_scaling_factor=2.0),
+            "MoE x2 alternate": replace(moe, routed_scaling_factor=2.0, moe_layers=(1, 3)),
+            "MoE top-1 x8": replace(dense, n_expert=8, top_k=1, expert_hidden=H, routed_scaling_factor=8.0)}
 
 
 def step_timer(cfg, train_ids: torch.Tensor):
@@ -108,13 +128,16 @@ def load(path: Path) -> dict | None:
 def print_report(bench: dict) -> dict:
     """Print the table of a results file; returns {model: mean val bits/char over its runs}."""
     cfg = bench["config"]
+    start = cfg.get("val_start", 0)
+    where = (f"the first {cfg['val_chars']:,} characters" if not start else
+             f"characters [{start:,}, {start + cfg['val_chars']:,}) (a screening slice)")
     print(f"Course corpus, {bench['budget_s']:.0f} s of fp32 training per model (the dense model's "
-          f"{cfg['dense_steps']} steps), {bench['threads']} threads, CPU {bench['cpu']}; bits/char on the first "
-          f"{cfg['val_chars']:,} characters of the validation split.")
+          f"{cfg['dense_steps']} steps), {bench['threads']} threads, CPU {bench['cpu']}; bits/char on {where} of "
+          f"the validation split.")
     print(f"MoE layers dispatched with {bench.get('moe_dispatch', 'sort (the default when this file was made)')}")
     print("step times (s/step, median): " + ", ".join(
         f"{n} {1e3 * s:.0f} ms ({s / bench['sec_per_step']['dense']:.2f}x dense)" for n, s in bench["sec_per_step"].items()))
-    header = (f"{'model':<10} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
+    header = (f"{'model':<17} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
               f"val bits/char per seed{'':<8} mean")
     print(header)
     print("-" * len(header))
@@ -125,7 +148,7 @@ def print_report(bench: dict) -> dict:
             continue
         means[name] = statistics.mean(r["bpc"] for r in runs)
         per_seed = ", ".join(f"{r['bpc']:.3f}" for r in runs)
-        print(f"{name:<10} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
+        print(f"{name:<17} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
               f"{statistics.mean(r['seconds'] for r in runs):>7.0f} "
               f"{statistics.mean(r['tokens_per_s'] for r in runs):>8,.0f}  {per_seed:<30} {means[name]:.3f}")
     return means
@@ -134,11 +157,15 @@ def print_report(bench: dict) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + CANDIDATES)
     parser.add_argument("--dense-steps", type=int, default=250)
     parser.add_argument("--val-chars", type=int, default=60_000)
+    parser.add_argument("--val-start", type=int, default=0,
+                        help="score on validation characters [val-start, val-start + val-chars): screens use 200000, "
+                             "text the reported table (val-start 0) never sees")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--timing-rounds", type=int, default=5)
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="interleaved timing rounds (2 steps of each model per round); the median is kept")
     parser.add_argument("--next", type=int, default=None, help="run only the next N missing runs")
     parser.add_argument("--report", action="store_true", help="only print the table of the results file")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -152,23 +179,40 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     config = {"dense_steps": args.dense_steps, "val_chars": args.val_chars, "precision": "fp32",
               "timing_rounds": args.timing_rounds}
+    if args.val_start:  # (files of the reported table have no such key)
+        config["val_start"] = args.val_start
     if bench is not None and (bench["config"] != config or bench["threads"] != args.threads):
         raise SystemExit(f"{args.out} was made with {bench['config']} on {bench['threads']} threads, not {config} on "
                          f"{args.threads}: use another --out")
     _, tok = load_course_model()
     corpus = load_corpus()
     train_ids = torch.tensor(tok.encode(training_text(corpus, "train"), allowed_special={EOT}))
-    val_text = corpus.text("val")[:args.val_chars]
+    val_text = corpus.text("val")[args.val_start:args.val_start + args.val_chars]
+    if len(val_text) < args.val_chars:
+        raise SystemExit(f"the validation split has {len(corpus.text('val')):,} characters: [{args.val_start:,}, "
+                         f"{args.val_start + args.val_chars:,}) does not fit; lower --val-start or --val-chars")
     val_ids = torch.tensor(tok.encode(val_text))
-    cfgs = {name: c for name, c in model_configs(tok.vocab_size).items() if name in args.models}
-    if bench is None or any(name not in bench["sec_per_step"] for name in cfgs):
-        cfgs_all = model_configs(tok.vocab_size)
+    cfgs_all = model_configs(tok.vocab_size)
+    cfgs = {name: c for name, c in cfgs_all.items() if name in args.models}
+    missing = [name for name in cfgs if bench is not None and name not in bench["sec_per_step"]]
+    if missing:  # a candidate added to an existing file: timed beside dense, kept at its ratio to the stored dense
+        sec = measure_step_times({name: cfgs_all[name] for name in ["dense", *missing]}, train_ids,
+                                 args.timing_rounds)
+        for name in missing:
+            bench["sec_per_step"][name] = sec[name] / sec["dense"] * bench["sec_per_step"]["dense"]
+            bench["steps"][name] = max(2, round(bench["budget_s"] / bench["sec_per_step"][name]))
+            bench["models"].append(name)
+        print("step times added: " + ", ".join(f"{n} {sec[n] / sec['dense']:.3f}x dense" for n in missing)
+              + f" -> steps {[bench['steps'][n] for n in missing]}", flush=True)
+    if bench is None:
+        cfgs_all = {name: c for name, c in cfgs_all.items() if name == "dense" or name in cfgs}
         sec = measure_step_times(cfgs_all, train_ids, args.timing_rounds)
+        moe = model_configs(tok.vocab_size)["MoE"]
         budget = args.dense_steps * sec["dense"]
         bench = {"config": config, "threads": args.threads, "cpu": cpu_name(), "torch": torch.__version__,
-                 "sec_per_step": sec, "budget_s": budget, "models": list(MODELS),
+                 "sec_per_step": sec, "budget_s": budget, "models": list(cfgs_all),
                  "moe_dispatch": "auto -> " + resolve_dispatch("auto", train_ids.new_empty(1, 1, dtype=torch.float32),
-                                                               cfgs_all["MoE"].n_embd, cfgs_all["MoE"].expert_hidden),
+                                                               moe.n_embd, moe.expert_hidden),
                  "steps": {name: max(2, round(budget / s)) for name, s in sec.items()},
                  "command": " ".join(["python benchmarks/moe_compare.py", *(sys.argv[1:] if argv is None else argv)]),
                  "runs": []}

@@ -157,6 +157,35 @@ def test_top2_weights_are_renormalised_and_top1_keeps_the_raw_probability():
     torch.testing.assert_close(out.weight[:, 0], out.probs.max(-1).values)
 
 
+@pytest.mark.parametrize("dispatch", RUNNABLE_DISPATCHES)
+@pytest.mark.parametrize("router", ROUTERS)
+def test_routed_scaling_factor_multiplies_only_the_routed_experts_output(dispatch, router):
+    x = torch.randn(2, 7, 16)
+    y1, s1 = _layer(seed=5, router=router, dispatch=dispatch, n_shared_expert=1)(x)
+    y2, s2 = _layer(seed=5, router=router, dispatch=dispatch, n_shared_expert=1, routed_scaling_factor=2.5)(x)
+    shared = _layer(seed=5, router=router, n_shared_expert=1).shared.expert(0, x.reshape(-1, 16)).view_as(x)
+    # routed part scaled by 2.5, the always-on shared expert not; the routing and its losses unchanged
+    torch.testing.assert_close(y2 - shared, 2.5 * (y1 - shared), rtol=1e-5, atol=1e-6)
+    assert (y2 - y1).abs().max() > 1e-3
+    torch.testing.assert_close(s2["aux_loss"], s1["aux_loss"])
+    assert torch.equal(s2["expert_mask"], s1["expert_mask"])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "2"])
+def test_a_routed_scaling_factor_that_is_not_a_positive_number_is_rejected(bad):
+    with pytest.raises(ValueError, match="routed_scaling_factor"):
+        MoEConfig(n_embd=16, routed_scaling_factor=bad)
+
+
+def test_a_dense_gpt_config_with_a_routed_scaling_factor_is_rejected():
+    from utils.model import GPTConfig
+    with pytest.raises(ValueError, match="routed_scaling_factor need experts"):
+        GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, routed_scaling_factor=2.0)
+    cfg = GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, n_expert=4, routed_scaling_factor=2.0)
+    from utils.model import GPT
+    assert GPT(cfg).blocks[0].mlp.config.routed_scaling_factor == 2.0
+
+
 # -- dispatch designs ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("router", ROUTERS)

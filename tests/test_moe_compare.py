@@ -17,13 +17,18 @@ def _module():
 
 
 def test_the_four_models_have_the_same_active_parameters_within_half_a_percent():
-    cfgs = _module().model_configs(2048)
-    assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1"]
+    module = _module()
+    cfgs = module.model_configs(2048)
+    assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1", "MoE x2", "MoE x2 alternate", "MoE top-1 x8"]
+    assert module.MODELS + module.CANDIDATES == tuple(cfgs)
     dense = count_parameters(cfgs["dense"], active=True)
     for name, cfg in cfgs.items():
         assert abs(count_parameters(cfg, active=True) / dense - 1) < 0.005, name
     assert cfgs["MoE top-1"].top_k == 1 and cfgs["MoE top-1"].expert_hidden == cfgs["dense"].resolved_ffn_hidden
     assert count_parameters(cfgs["MoE top-1"]) > count_parameters(cfgs["MoE"]) > count_parameters(cfgs["dense"])
+    assert cfgs["MoE x2"].routed_scaling_factor == 2.0 and cfgs["MoE"].routed_scaling_factor == 1.0
+    assert cfgs["MoE x2 alternate"].moe_layer_indices == (1, 3)
+    assert count_parameters(cfgs["dense"]) < count_parameters(cfgs["MoE x2 alternate"]) < count_parameters(cfgs["MoE x2"])
 
 
 def test_a_results_file_made_with_other_settings_is_refused(tmp_path):

@@ -8,7 +8,9 @@ from utils.moe_parallel import ExpertParallelMoE, run_expert_parallel
 
 
 def test_expert_parallel_output_equals_the_single_process_layer_on_two_processes():
-    results = run_expert_parallel(world_size=2, n_embd=32, n_expert=4, top_k=2, expert_hidden=24, batch=(2, 16))
+    # (a routed scaling factor other than 1 checks that the expert-parallel combine scales as the layer does)
+    results = run_expert_parallel(world_size=2, n_embd=32, n_expert=4, top_k=2, expert_hidden=24, batch=(2, 16),
+                                  routed_scaling_factor=2.5)
     assert [r["rank"] for r in results] == [0, 1]
     assert [r["local_experts"] for r in results] == [[0, 1], [2, 3]]
     for r in results:

@@ -73,7 +73,8 @@ class GPTConfig:
     moe_layers (layer indices; None = every layer), expert_hidden (None = resolved_ffn_hidden),
     capacity_factor (None = no limit), router ("topk" | "noisy_topk" | "expert_choice"),
     aux_loss_coef, z_loss_coef, n_shared_expert (always-on experts), moe_hybrid (a dense MLP of width
-    resolved_ffn_hidden mixed with the experts by learned coefficients).
+    resolved_ffn_hidden mixed with the experts by learned coefficients), routed_scaling_factor (multiplies
+    the routed experts' weighted sum; 1.0 = Mixtral, DeepSeek-V3 uses 2.5).
 
     Every field is checked in :meth:`validate` (run on creation): a later field (e.g. Mixture of
     Experts) adds its check there.
@@ -108,6 +109,7 @@ class GPTConfig:
     z_loss_coef: float = 1e-3
     n_shared_expert: int = 0
     moe_hybrid: bool = False
+    routed_scaling_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()

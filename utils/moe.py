@@ -70,6 +70,9 @@ class MoEConfig:
     z-loss in ``stats["aux_loss"]``. n_shared_expert: always-on experts (DeepSeek-MoE), run as one MLP of
     width ``n_shared_expert * expert_hidden``. hybrid: a dense MLP of width ``dense_hidden`` beside the
     experts, ``out = moe(x) * c0 + mlp(x) * c1`` with ``c = softmax(Linear(x))`` per token (DeepSpeed).
+    routed_scaling_factor: multiplies the routed experts' weighted sum (DeepSeek-V2/V3's name; 1.0 =
+    Mixtral). With top-k weights that sum to 1 over experts of width H/k, the routed output starts at
+    about 1/k of a dense MLP of width H; a factor of k restores the dense scale.
     No Linear layer of the experts has a bias (as in Mixtral). dropout: on the layer's output.
     dispatch: "auto" | "sort" | "bmm" | "loop" | "grouped_mm" (same numbers, different speed; see
     ``benchmarks/moe.py``; "grouped_mm" needs ``torch.nn.functional.grouped_mm``; "auto", the default,
@@ -88,6 +91,7 @@ class MoEConfig:
     n_shared_expert: int = 0
     hybrid: bool = False
     dense_hidden: int | None = None
+    routed_scaling_factor: float = 1.0
     dropout: float = 0.0
     dispatch: str = "auto"
 
@@ -117,6 +121,10 @@ class MoEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        r = self.routed_scaling_factor
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf:
+            raise ValueError(f"routed_scaling_factor must be a finite number > 0 (1.0 = Mixtral, top_k = the dense "
+                             f"MLP's scale), got {r!r}")
         for name in ("hybrid",):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -129,7 +137,7 @@ class MoEConfig:
 def moe_config(config, dispatch: str = "auto") -> MoEConfig:
     """The :class:`MoEConfig` of the MoE layers of a :class:`utils.model.GPTConfig` (its ``n_expert``,
     ``top_k``, ``expert_hidden``, ``capacity_factor``, ``router``, ``aux_loss_coef``, ``z_loss_coef``,
-    ``n_shared_expert`` and ``moe_hybrid`` fields)."""
+    ``n_shared_expert``, ``moe_hybrid`` and ``routed_scaling_factor`` fields)."""
     n_expert = getattr(config, "n_expert", 0)
     if not n_expert:
         raise ValueError("this GPTConfig has no experts (n_expert = 0): set n_expert >= 1 for an MoE model")
@@ -139,6 +147,7 @@ def moe_config(config, dispatch: str = "auto") -> MoEConfig:
                      aux_loss_coef=config.aux_loss_coef, z_loss_coef=config.z_loss_coef,
                      n_shared_expert=config.n_shared_expert, hybrid=config.moe_hybrid,
                      dense_hidden=config.resolved_ffn_hidden,
+                     routed_scaling_factor=getattr(config, "routed_scaling_factor", 1.0),
                      dropout=config.dropout, dispatch=dispatch)
 
 
@@ -151,10 +160,11 @@ def check_moe_fields(config) -> None:
         raise ValueError(f"GPTConfig.n_expert must be an int >= 0 (0 = dense MLPs), got {n!r}")
     layers = config.moe_layers
     if n == 0:
-        if layers is not None or config.n_shared_expert or config.moe_hybrid:
-            raise ValueError("GPTConfig.moe_layers, n_shared_expert and moe_hybrid need experts: set n_expert >= 1 "
-                             f"(got n_expert=0, moe_layers={layers!r}, n_shared_expert={config.n_shared_expert!r}, "
-                             f"moe_hybrid={config.moe_hybrid!r})")
+        if layers is not None or config.n_shared_expert or config.moe_hybrid or config.routed_scaling_factor != 1.0:
+            raise ValueError("GPTConfig.moe_layers, n_shared_expert, moe_hybrid and routed_scaling_factor need experts: "
+                             f"set n_expert >= 1 (got n_expert=0, moe_layers={layers!r}, n_shared_expert="
+                             f"{config.n_shared_expert!r}, moe_hybrid={config.moe_hybrid!r}, routed_scaling_factor="
+                             f"{config.routed_scaling_factor!r})")
         return
     if layers is not None:
         if not isinstance(layers, (list, tuple)) or not layers or any(
@@ -688,6 +698,8 @@ class MoELayer(nn.Module):
                     expert_of, token_of, weight_of, slot_of = (expert_of[keep], token_of[keep], weight_of[keep],
                                                                slot_of[keep])
 
+        if cfg.routed_scaling_factor != 1.0:  # on the (n*k,) weights: cheaper than scaling the (n, C) output
+            weight_of = weight_of * cfg.routed_scaling_factor
         if design == "bmm":
             y = _dispatch_bmm(self.experts, flat, expert_of, token_of, weight_of, slot_of, cap_used)
         elif design == "grouped_mm":

@@ -108,7 +108,7 @@ class ExpertParallelMoE(nn.Module):
         expert_of = routing.index.reshape(-1)
         token_of = torch.arange(n, device=x.device).repeat_interleave(k)
         order = torch.argsort(expert_of, stable=True)
-        tok, w = token_of[order], routing.weight.reshape(-1)[order]
+        tok, w = token_of[order], routing.weight.reshape(-1)[order] * cfg.routed_scaling_factor
         per_expert = torch.bincount(expert_of, minlength=E)  # rows this rank sends to each expert
         # 1. counts: recv[r, j] = rows rank r sends to my local expert j
         recv = torch.empty(W * L, dtype=per_expert.dtype, device=x.device)
@@ -188,7 +188,8 @@ def _worker(rank: int, world: int, port: int, cfg_kw: dict, batch: tuple[int, in
 
 
 def run_expert_parallel(world_size: int = 2, n_embd: int = 64, n_expert: int = 8, top_k: int = 2,
-                        expert_hidden: int = 96, batch: tuple[int, int] = (4, 32), seed: int = 0) -> list[dict]:
+                        expert_hidden: int = 96, batch: tuple[int, int] = (4, 32), seed: int = 0,
+                        routed_scaling_factor: float = 1.0) -> list[dict]:
     """Spawn ``world_size`` local processes (gloo), run one forward + backward of the expert-parallel
     layer and of the single-process layer on each rank's tokens, and return one dict per rank: the
     largest differences of outputs and input gradients, the relative difference of the expert gradients (summed over ranks), and the bytes sent."""
@@ -196,7 +197,8 @@ def run_expert_parallel(world_size: int = 2, n_embd: int = 64, n_expert: int = 8
 
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    cfg_kw = dict(n_embd=n_embd, n_expert=n_expert, top_k=top_k, expert_hidden=expert_hidden)
+    cfg_kw = dict(n_embd=n_embd, n_expert=n_expert, top_k=top_k, expert_hidden=expert_hidden,
+                  routed_scaling_factor=routed_scaling_factor)
     MoEConfig(**cfg_kw)  # validate before spawning
     if n_expert % world_size:
         raise ValueError(f"n_expert ({n_expert}) must be divisible by world_size ({world_size})")
