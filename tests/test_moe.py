@@ -191,7 +191,7 @@ def test_a_dense_gpt_config_with_a_routed_scaling_factor_is_rejected():
 @pytest.mark.parametrize("router", ROUTERS)
 @pytest.mark.parametrize("capacity_factor", [None, 1.0, 0.5])
 def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacity_factor):
-    x = torch.randn(3, 10, 16)
+    x = torch.randn(3, 10, 16, generator=torch.Generator().manual_seed(7))
     results = []
     for dispatch in RUNNABLE_DISPATCHES:
         layer = _layer(seed=3, n_expert=5, router=router, capacity_factor=capacity_factor, dispatch=dispatch,
@@ -202,7 +202,8 @@ def test_all_dispatch_designs_give_the_same_output_and_gradients(router, capacit
         results.append((y.detach(), xi.grad, layer.experts.w_in.grad, layer.router.weight.grad, stats["dropped"]))
     for other in results[1:]:
         for a, b in zip(results[0][:4], other[:4]):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            # fp32 sums in another order: the error scales with the largest value summed (CPUs differ here)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(a.abs().max())))
         assert other[4] == results[0][4]
 
 
