@@ -200,7 +200,7 @@ def _wait_until_all_ran(page, n_code: int, name: str, log_path: Path | None = No
             seen.append(status)
         if ran == n and pending == 0:
             return
-        if status in ("dead", "no kernel"):
+        if status in ("dead", "no kernel", "restarting", "autorestarting"):  # the kernel died: the run is lost
             break
         # nothing queued, cells left unrun: Run All halted (a few seconds' grace for the reply of the last cell)
         stopped_since = (stopped_since or time.monotonic()) if pending == 0 else None
