@@ -170,6 +170,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--report", action="store_true", help="only print the table of the results file")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    for flag, value, least in (("--val-start", args.val_start, 0), ("--val-chars", args.val_chars, 1),
+                               ("--dense-steps", args.dense_steps, 1), ("--threads", args.threads, 1),
+                               ("--timing-rounds", args.timing_rounds, 1), ("--next", 1 if args.next is None else args.next, 1)):
+        if value < least:  # a negative start would silently score text from the end of the split
+            raise SystemExit(f"{flag} must be {least} or more, not {value}")
     bench = load(args.out)
     if args.report:
         if bench is None:

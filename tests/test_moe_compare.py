@@ -39,6 +39,15 @@ def test_a_results_file_made_with_other_settings_is_refused(tmp_path):
         _module().main(["--dense-steps", "100", "--out", str(out)])
 
 
+@pytest.mark.parametrize("flag, value", [("--val-start", "-60000"), ("--val-chars", "0"), ("--dense-steps", "0"),
+                                         ("--threads", "0"), ("--timing-rounds", "0"), ("--next", "0")])
+def test_a_negative_or_zero_setting_is_refused_before_any_work(tmp_path, flag, value):
+    out = tmp_path / "moe_compare.json"
+    with pytest.raises(SystemExit, match=f"{flag} must be . or more, not {value}"):
+        _module().main([flag, value, "--out", str(out)])
+    assert not out.exists()
+
+
 def test_the_report_averages_the_runs_of_each_model(capsys):
     bench = {"config": {"dense_steps": 10, "val_chars": 100}, "threads": 2, "cpu": "x", "budget_s": 2.0,
              "sec_per_step": {"dense": 0.2, "MoE": 0.25}, "models": ["dense", "MoE", "hybrid"],
