@@ -361,6 +361,22 @@ def test_add_special_tokens_grows_the_tied_embedding_and_keeps_old_logits():
         add_special_tokens(new_tok, model, ("<|user|>",))
 
 
+def test_answer_batch_warns_when_a_prompt_is_cut_to_fit_the_context():
+    from utils.instruct import answer_batch
+    from utils.tokenizer import BPETokenizer
+
+    tok = BPETokenizer()  # bytes only: one token per character of this ASCII text
+    model = GPT(GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    with pytest.warns(UserWarning, match="1 of 2 prompts are longer than 28 tokens"):
+        answer_batch(model, tok, None, [("q", "short"), ("q" * 20, "x" * 20)], max_new_tokens=4)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing cut: no warning
+        answer_batch(model, tok, None, [("q", "short")], max_new_tokens=4)
+    with pytest.raises(ValueError, match="leaves no room"):
+        answer_batch(model, tok, None, [("q", "short")], max_new_tokens=32)
+
+
 # ---- data built from the corpus ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

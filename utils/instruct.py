@@ -411,7 +411,13 @@ def answer(model: nn.Module, tokenizer, template: Template | None, instruction: 
 @torch.no_grad()
 def answer_batch(model: nn.Module, tokenizer, template: Template | None, items: list[tuple[str, str]],
                  max_new_tokens: int = 24, stop: str | None = None) -> list[str]:
-    """:func:`answer` for many (instruction, input) pairs at once (batched greedy decoding)."""
+    """:func:`answer` for many (instruction, input) pairs at once (batched greedy decoding).
+
+    A prompt longer than the context leaves room for (``block_size - max_new_tokens`` tokens) loses its first
+    tokens, as a chat window drops the oldest text; a warning says how many prompts were cut, since the cut
+    part may hold what the question needs (a line_speaker prompt's quoted line comes first)."""
+    import warnings
+
     from utils.generation import generate
 
     if template is None:
@@ -419,7 +425,14 @@ def answer_batch(model: nn.Module, tokenizer, template: Template | None, items: 
     else:
         prompts = [render(template, ins, inp)[0] for ins, inp in items]
     block = model.config.block_size
-    ids = [tokenizer.encode(p, allowed_special="all")[-(block - max_new_tokens):] for p in prompts]
+    if max_new_tokens >= block:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {block} tokens")
+    full = [tokenizer.encode(p, allowed_special="all") for p in prompts]
+    ids = [f[-(block - max_new_tokens):] for f in full]
+    n_cut = sum(len(f) > len(i) for f, i in zip(full, ids))
+    if n_cut:
+        warnings.warn(f"{n_cut} of {len(prompts)} prompts are longer than {block - max_new_tokens} tokens (the context "
+                      f"of {block} less max_new_tokens={max_new_tokens}); their first tokens were cut", stacklevel=2)
     ends = [s for s in ("<|endoftext|>", "<|end|>") if s in tokenizer.special_tokens]
     eos = tokenizer.special_tokens.get("<|endoftext|>")
     stops = [[tokenizer.special_tokens[s]] for s in ends]
