@@ -68,7 +68,8 @@ from utils.training import train  # noqa: E402
 
 MODELS = ("dense", "MoE", "hybrid", "MoE top-1")
 # Screening candidates (run with --models and scored with --val-start on text the table never reports)
-CANDIDATES = ("MoE x2", "MoE x2 alternate", "MoE top-1 x8")
+CANDIDATES = ("MoE x2", "MoE x2 alternate", "MoE top-1 x8", "MoE x2 alternate x16", "MoE fine alternate",
+              "MoE x2 alternate x4", "MoE x2 x4")
 OUT = ROOT / "benchmarks" / "results" / "moe_compare.json"
 
 
@@ -79,7 +80,12 @@ def model_configs(vocab_size: int) -> dict:
     restores the dense scale), ``MoE x2 alternate`` the same in every other block (blocks 1 and 3, counted from
     0; dense MLPs in 0 and 2, as GShard and Switch alternate), ``MoE top-1 x8`` the Switch-style top-1 MoE with
     a factor of 8: its weight is the raw router probability (about 1/8 at the start), so its output starts
-    at about 1/8 of the dense MLP's."""
+    at about 1/8 of the dense MLP's. ``MoE x2 alternate x16`` doubles the experts of ``MoE x2 alternate`` (16 of half
+    the dense width: twice the parameters, the same active ones); ``MoE fine alternate`` splits them finer
+    (DeepSeekMoE's fine-grained experts: 16 of a quarter of the dense width, top-4, factor 4, since four weights
+    that sum to 1 over experts of a quarter width start at about a quarter of the dense output). ``MoE x2 alternate
+    x4`` and ``MoE x2 x4`` go the other way: 4 experts of half the dense width (each sees twice the tokens of one
+    of 8), in blocks 1 and 3 or in every block."""
     dense = COURSE_RECIPE.model_config(vocab_size)
     H = dense.resolved_ffn_hidden
     moe = replace(dense, n_expert=8, top_k=2, expert_hidden=H // 2)
@@ -89,7 +95,12 @@ def model_configs(vocab_size: int) -> dict:
             "MoE top-1": replace(dense, n_expert=8, top_k=1, expert_hidden=H),
             "MoE x2": replace(moe, routed_scaling_factor=2.0),
             "MoE x2 alternate": replace(moe, routed_scaling_factor=2.0, moe_layers=(1, 3)),
-            "MoE top-1 x8": replace(dense, n_expert=8, top_k=1, expert_hidden=H, routed_scaling_factor=8.0)}
+            "MoE top-1 x8": replace(dense, n_expert=8, top_k=1, expert_hidden=H, routed_scaling_factor=8.0),
+            "MoE x2 alternate x16": replace(moe, n_expert=16, routed_scaling_factor=2.0, moe_layers=(1, 3)),
+            "MoE fine alternate": replace(dense, n_expert=16, top_k=4, expert_hidden=H // 4, routed_scaling_factor=4.0,
+                                          moe_layers=(1, 3)),
+            "MoE x2 alternate x4": replace(moe, n_expert=4, routed_scaling_factor=2.0, moe_layers=(1, 3)),
+            "MoE x2 x4": replace(moe, n_expert=4, routed_scaling_factor=2.0)}
 
 
 def step_timer(cfg, train_ids: torch.Tensor):
@@ -137,7 +148,8 @@ def print_report(bench: dict) -> dict:
     print(f"MoE layers dispatched with {bench.get('moe_dispatch', 'sort (the default when this file was made)')}")
     print("step times (s/step, median): " + ", ".join(
         f"{n} {1e3 * s:.0f} ms ({s / bench['sec_per_step']['dense']:.2f}x dense)" for n, s in bench["sec_per_step"].items()))
-    header = (f"{'model':<17} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
+    w = max(17, *(len(n) for n in bench["models"]))
+    header = (f"{'model':<{w}} {'total params':>12} {'active params':>13} {'steps':>5} {'train s':>7} {'tokens/s':>8}  "
               f"val bits/char per seed{'':<8} mean")
     print(header)
     print("-" * len(header))
@@ -148,7 +160,7 @@ def print_report(bench: dict) -> dict:
             continue
         means[name] = statistics.mean(r["bpc"] for r in runs)
         per_seed = ", ".join(f"{r['bpc']:.3f}" for r in runs)
-        print(f"{name:<17} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
+        print(f"{name:<{w}} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
               f"{statistics.mean(r['seconds'] for r in runs):>7.0f} "
               f"{statistics.mean(r['tokens_per_s'] for r in runs):>8,.0f}  {per_seed:<30} {means[name]:.3f}")
     return means

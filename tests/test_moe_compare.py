@@ -19,7 +19,8 @@ def _module():
 def test_the_four_models_have_the_same_active_parameters_within_half_a_percent():
     module = _module()
     cfgs = module.model_configs(2048)
-    assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1", "MoE x2", "MoE x2 alternate", "MoE top-1 x8"]
+    assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1", "MoE x2", "MoE x2 alternate", "MoE top-1 x8",
+                          "MoE x2 alternate x16", "MoE fine alternate", "MoE x2 alternate x4", "MoE x2 x4"]
     assert module.MODELS + module.CANDIDATES == tuple(cfgs)
     dense = count_parameters(cfgs["dense"], active=True)
     for name, cfg in cfgs.items():
@@ -29,6 +30,12 @@ def test_the_four_models_have_the_same_active_parameters_within_half_a_percent()
     assert cfgs["MoE x2"].routed_scaling_factor == 2.0 and cfgs["MoE"].routed_scaling_factor == 1.0
     assert cfgs["MoE x2 alternate"].moe_layer_indices == (1, 3)
     assert count_parameters(cfgs["dense"]) < count_parameters(cfgs["MoE x2 alternate"]) < count_parameters(cfgs["MoE x2"])
+    assert count_parameters(cfgs["MoE x2 alternate x16"]) > count_parameters(cfgs["MoE x2 alternate"])
+    fine = cfgs["MoE fine alternate"]
+    assert (fine.n_expert, fine.top_k, fine.routed_scaling_factor, fine.moe_layer_indices) == (16, 4, 4.0, (1, 3))
+    assert count_parameters(fine) == count_parameters(cfgs["MoE x2 alternate"]) - 2 * 8 * 192 + 2 * 16 * 192
+    assert count_parameters(cfgs["dense"]) < count_parameters(cfgs["MoE x2 alternate x4"]) < count_parameters(cfgs["MoE x2 x4"])
+    assert cfgs["MoE x2 x4"].n_expert == 4 and cfgs["MoE x2 x4"].moe_layer_indices == (0, 1, 2, 3)
 
 
 def test_a_results_file_made_with_other_settings_is_refused(tmp_path):
