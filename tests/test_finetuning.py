@@ -367,8 +367,9 @@ def test_answer_batch_warns_when_a_prompt_is_cut_to_fit_the_context():
 
     tok = BPETokenizer()  # bytes only: one token per character of this ASCII text
     model = GPT(GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
-    with pytest.warns(UserWarning, match="1 of 2 prompts are longer than 28 tokens"):
+    with pytest.warns(UserWarning, match="1 of 2 prompts are longer than 28 tokens") as caught:
         answer_batch(model, tok, None, [("q", "short"), ("q" * 20, "x" * 20)], max_new_tokens=4)
+    assert caught[0].filename == __file__  # it points at the caller, not at torch's no_grad wrapper
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing cut: no warning

@@ -432,7 +432,7 @@ def answer_batch(model: nn.Module, tokenizer, template: Template | None, items: 
     n_cut = sum(len(f) > len(i) for f, i in zip(full, ids))
     if n_cut:
         warnings.warn(f"{n_cut} of {len(prompts)} prompts are longer than {block - max_new_tokens} tokens (the context "
-                      f"of {block} less max_new_tokens={max_new_tokens}); their first tokens were cut", stacklevel=2)
+                      f"of {block} less max_new_tokens={max_new_tokens}); their first tokens were cut", stacklevel=3)
     ends = [s for s in ("<|endoftext|>", "<|end|>") if s in tokenizer.special_tokens]
     eos = tokenizer.special_tokens.get("<|endoftext|>")
     stops = [[tokenizer.special_tokens[s]] for s in ends]
