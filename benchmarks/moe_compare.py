@@ -26,7 +26,9 @@ Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128,
    same time (``round(budget / its step time)``), with the same learning-rate schedule shape (warm-up 10%,
    cosine to the end of its own budget), training text (the course corpus's training split) and seeds.
 3. **Score**: bits per character on the first ``--val-chars`` characters of the validation split (what the
-   notebook reports; no setting here was chosen by looking at it). Runs go round robin (seed 0 of every
+   notebook reports; no setting here was chosen by looking at it), and (runs made since 2026-12-02, ``train_bpc``)
+   on as many characters of the training text, which every run reads: validation minus training shows how much of
+   a model's fit is memorised. Runs go round robin (seed 0 of every
    model, then seed 1, ...), so an interrupted benchmark leaves balanced results.
 
 **Screens.** A change to the MoE (the candidates of ``CANDIDATES``) is first tried on a screening slice
@@ -154,6 +156,7 @@ def print_report(bench: dict) -> dict:
     print(header)
     print("-" * len(header))
     means = {}
+    gaps = []
     for name in bench["models"]:
         runs = sorted((r for r in bench["runs"] if r["model"] == name), key=lambda r: r["seed"])
         if not runs:
@@ -163,6 +166,13 @@ def print_report(bench: dict) -> dict:
         print(f"{name:<{w}} {runs[0]['total_params']:>12,} {runs[0]['active_params']:>13,} {runs[0]['steps']:>5} "
               f"{statistics.mean(r['seconds'] for r in runs):>7.0f} "
               f"{statistics.mean(r['tokens_per_s'] for r in runs):>8,.0f}  {per_seed:<30} {means[name]:.3f}")
+        if all("train_bpc" in r for r in runs):
+            gaps.append(f"{name} " + ", ".join(f"{r['train_bpc']:.3f} (val - train {r['bpc'] - r['train_bpc']:+.3f})"
+                                               for r in runs))
+    if gaps:  # runs made since the field was added
+        n_seen = next(r["train_chars"] for r in bench["runs"] if "train_chars" in r)
+        print(f"bits/char on the first {n_seen:,} characters of the training text (seen in training), per seed: "
+              + "; ".join(gaps))
     return means
 
 
@@ -209,6 +219,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"the validation split has {len(corpus.text('val')):,} characters: [{args.val_start:,}, "
                          f"{args.val_start + args.val_chars:,}) does not fit; lower --val-start or --val-chars")
     val_ids = torch.tensor(tok.encode(val_text))
+    # as many characters of *training* text (read by every run; within the first play, so no end-of-text token):
+    # validation minus training bits/char shows how much of a model's fit is memorised
+    seen_text = training_text(corpus, "train")[:args.val_chars].split(EOT)[0]
+    seen_ids = torch.tensor(tok.encode(seen_text))
     cfgs_all = model_configs(tok.vocab_size)
     cfgs = {name: c for name, c in cfgs_all.items() if name in args.models}
     missing = [name for name in cfgs if bench is not None and name not in bench["sec_per_step"]]
@@ -247,12 +261,15 @@ def main(argv=None) -> dict:
             max_steps=steps, warmup_steps=max(steps // 10, 1), eval_interval=0, eval_iters=2, seed=seed,
             precision="fp32", progress=False))
         bpc = bits_per_character(m, val_ids, len(val_text))
+        train_bpc = bits_per_character(m, seen_ids, len(seen_text))
         bench["runs"].append({"model": name, "seed": seed, "steps": run.steps, "seconds": run.seconds,
-                              "tokens_per_s": run.tokens / run.seconds, "bpc": bpc,
+                              "tokens_per_s": run.tokens / run.seconds, "bpc": bpc, "train_bpc": train_bpc,
+                              "train_chars": len(seen_text),
                               "total_params": count_parameters(cfgs[name]),
                               "active_params": count_parameters(cfgs[name], active=True),
                               "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
-        print(f"{name} seed {seed}: {run.steps} steps in {run.seconds:.0f} s, val bits/char {bpc:.3f}", flush=True)
+        print(f"{name} seed {seed}: {run.steps} steps in {run.seconds:.0f} s, val bits/char {bpc:.3f}, "
+              f"train-text bits/char {train_bpc:.3f}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(bench, indent=1) + "\n")  # after every run: resumable
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,18 @@ def test_the_report_averages_the_runs_of_each_model(capsys):
     assert means == pytest.approx({"dense": 2.6, "MoE": 2.9})  # no runs of the hybrid: no row
     out = capsys.readouterr().out
     assert "2.500, 2.700" in out and "1.25x dense" in out and "hybrid" not in out
+
+
+def test_the_report_gives_train_text_bits_per_char_and_the_gap_when_runs_have_them(capsys):
+    bench = {"config": {"dense_steps": 10, "val_chars": 100}, "threads": 2, "cpu": "x", "budget_s": 2.0,
+             "sec_per_step": {"dense": 0.2, "MoE": 0.25}, "models": ["dense", "MoE"],
+             "runs": [dict(model=m, seed=0, bpc=b, train_bpc=t, train_chars=90, steps=10, seconds=2.0,
+                           tokens_per_s=100.0, total_params=5, active_params=5)
+                      for m, b, t in (("dense", 2.0, 1.9), ("MoE", 2.1, 1.8))]}
+    _module().print_report(bench)
+    out = capsys.readouterr().out
+    assert "first 90 characters of the training text" in out
+    assert "dense 1.900 (val - train +0.100)" in out and "MoE 1.800 (val - train +0.300)" in out
+    bench["runs"] = [{k: v for k, v in r.items() if k not in ("train_bpc", "train_chars")} for r in bench["runs"]]
+    _module().print_report(bench)
+    assert "training text" not in capsys.readouterr().out  # older files: no such line
