@@ -33,7 +33,8 @@ Models of the course shape (``COURSE_RECIPE``: 4 layers, width 192, context 128,
 
 **Screens.** A change to the MoE (the candidates of ``CANDIDATES``) is first tried on a screening slice
 (``--val-start 200000``: validation characters [200,000, 260,000), which no reported table scores), and only a
-winner is run on the reported slice. ``MoE x2`` and ``MoE`` have the same step cost (the factor multiplies the
+winner is run on the reported slice (round 7's winner, ``MoE shared alternate``, was; it did not hold there).
+``MoE x2`` and ``MoE`` have the same step cost (the factor multiplies the
 n x k routing weights); timing them separately shows the timing noise.
 
 Everything trains in fp32 (notebook 05 shows why: in bf16 on a CPU the MoE step gains less from bf16 than
@@ -71,7 +72,7 @@ from utils.training import train  # noqa: E402
 MODELS = ("dense", "MoE", "hybrid", "MoE top-1")
 # Screening candidates (run with --models and scored with --val-start on text the table never reports)
 CANDIDATES = ("MoE x2", "MoE x2 alternate", "MoE top-1 x8", "MoE x2 alternate x16", "MoE fine alternate",
-              "MoE x2 alternate x4", "MoE x2 x4")
+              "MoE x2 alternate x4", "MoE x2 x4", "MoE shared alternate", "MoE shared")
 OUT = ROOT / "benchmarks" / "results" / "moe_compare.json"
 
 
@@ -87,10 +88,14 @@ def model_configs(vocab_size: int) -> dict:
     (DeepSeekMoE's fine-grained experts: 16 of a quarter of the dense width, top-4, factor 4, since four weights
     that sum to 1 over experts of a quarter width start at about a quarter of the dense output). ``MoE x2 alternate
     x4`` and ``MoE x2 x4`` go the other way: 4 experts of half the dense width (each sees twice the tokens of one
-    of 8), in blocks 1 and 3 or in every block."""
+    of 8), in blocks 1 and 3 or in every block. ``MoE shared alternate`` and ``MoE shared`` add DeepSeekMoE's
+    always-on shared expert: a shared MLP of half the dense width beside 8 routed experts of a quarter width, top-2,
+    factor 2 (the shared half starts at about half the dense output, the two routed quarters with the factor at
+    the other half; active width H/2 + 2 * H/4 = H), in blocks 1 and 3 or in every block."""
     dense = COURSE_RECIPE.model_config(vocab_size)
     H = dense.resolved_ffn_hidden
     moe = replace(dense, n_expert=8, top_k=2, expert_hidden=H // 2)
+    shared = replace(dense, n_expert=8, top_k=2, expert_hidden=H // 4, n_shared_expert=2, routed_scaling_factor=2.0)
     return {"dense": dense,
             "MoE": moe,
             "hybrid": replace(dense, n_expert=8, top_k=2, expert_hidden=H // 4, ffn_hidden=H // 2, moe_hybrid=True),
@@ -102,7 +107,9 @@ def model_configs(vocab_size: int) -> dict:
             "MoE fine alternate": replace(dense, n_expert=16, top_k=4, expert_hidden=H // 4, routed_scaling_factor=4.0,
                                           moe_layers=(1, 3)),
             "MoE x2 alternate x4": replace(moe, n_expert=4, routed_scaling_factor=2.0, moe_layers=(1, 3)),
-            "MoE x2 x4": replace(moe, n_expert=4, routed_scaling_factor=2.0)}
+            "MoE x2 x4": replace(moe, n_expert=4, routed_scaling_factor=2.0),
+            "MoE shared alternate": replace(shared, moe_layers=(1, 3)),
+            "MoE shared": shared}
 
 
 def step_timer(cfg, train_ids: torch.Tensor):

@@ -20,7 +20,8 @@ def test_the_four_models_have_the_same_active_parameters_within_half_a_percent()
     module = _module()
     cfgs = module.model_configs(2048)
     assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1", "MoE x2", "MoE x2 alternate", "MoE top-1 x8",
-                          "MoE x2 alternate x16", "MoE fine alternate", "MoE x2 alternate x4", "MoE x2 x4"]
+                          "MoE x2 alternate x16", "MoE fine alternate", "MoE x2 alternate x4", "MoE x2 x4", "MoE shared alternate",
+                          "MoE shared"]
     assert module.MODELS + module.CANDIDATES == tuple(cfgs)
     dense = count_parameters(cfgs["dense"], active=True)
     for name, cfg in cfgs.items():
@@ -36,6 +37,9 @@ def test_the_four_models_have_the_same_active_parameters_within_half_a_percent()
     assert count_parameters(fine) == count_parameters(cfgs["MoE x2 alternate"]) - 2 * 8 * 192 + 2 * 16 * 192
     assert count_parameters(cfgs["dense"]) < count_parameters(cfgs["MoE x2 alternate x4"]) < count_parameters(cfgs["MoE x2 x4"])
     assert cfgs["MoE x2 x4"].n_expert == 4 and cfgs["MoE x2 x4"].moe_layer_indices == (0, 1, 2, 3)
+    shared, H = cfgs["MoE shared alternate"], cfgs["dense"].resolved_ffn_hidden
+    assert (shared.n_shared_expert * shared.expert_hidden, shared.expert_hidden, shared.top_k) == (H // 2, H // 4, 2)
+    assert shared.moe_layer_indices == (1, 3) and cfgs["MoE shared"].moe_layer_indices == (0, 1, 2, 3)
 
 
 def test_a_results_file_made_with_other_settings_is_refused(tmp_path):
