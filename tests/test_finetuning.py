@@ -408,6 +408,66 @@ def test_instruction_data_split_has_no_play_in_both_train_and_test(corpus_and_to
         instruction_data(corpus, "dev")
 
 
+def test_line_twin_quotes_the_other_speech_and_flips_the_answer(corpus_and_tok):
+    from utils.instruct import Example, instruction_data, line_twin
+
+    corpus, _ = corpus_and_tok
+    made = 0
+    for e in instruction_data(corpus, "val", n_per_task=60, seed=3, tasks=("line_speaker",), rename_speakers=True):
+        t = line_twin(e)
+        if t is None:
+            continue
+        made += 1
+        speeches = dict(s.split(":\n", 1) for s in e.input.split("\n\n"))
+        quoted = t.instruction.split('"')[1]
+        assert t.input == e.input and t.choices == e.choices and t.play == e.play
+        assert t.response != e.response and {t.response, e.response} == set(e.choices)
+        assert quoted in speeches[t.response].split("\n") and quoted not in speeches[e.response].split("\n")
+        assert line_twin(t).response == e.response  # the twin's twin answers as the original
+    assert made >= 50
+    # a constructed example: the other speech has no quotable line (too short) -> None
+    e = Example("line_speaker", 'Who speaks the line "I know a bank where the wild thyme blows"?',
+                "OBERON:\nI know a bank where the wild thyme blows\n\nPUCK:\nAy, my lord.", "OBERON", "x",
+                ("OBERON", "PUCK"))
+    assert line_twin(e) is None
+    assert line_twin(Example("line_speaker", e.instruction, e.input, "PUCK", "x", e.choices)).response == "OBERON"
+    with pytest.raises(ValueError, match="line_speaker"):
+        line_twin(Example("genre", "Is this passage from a comedy?", "text", "comedy", "x"))
+    with pytest.raises(ValueError, match="two speeches"):
+        line_twin(Example("line_speaker", e.instruction, "OBERON:\nI know a bank", "OBERON", "x"))
+    with pytest.raises(ValueError, match="not one of the passage's speakers"):
+        line_twin(Example("line_speaker", e.instruction, e.input, "TITANIA", "x"))
+
+
+def test_choice_picks_is_the_choice_with_the_highest_response_logprob_in_any_batch_size(corpus_and_tok):
+    from utils.dpo import response_logprobs
+    from utils.instruct import (EOT, INSTRUCT_TEMPLATE, Example, batch_examples, choice_accuracy, choice_picks,
+                                encode_example, instruction_data)
+    from utils.pretrain import load_course_model
+
+    corpus, _ = corpus_and_tok
+    model, tok = load_course_model()
+    torch.manual_seed(0)
+    with torch.no_grad():  # random weights: no tie between the choices' scores
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    es = [e for e in instruction_data(corpus, "val", n_per_task=6, seed=2) if e.choices][:10]
+    picks = choice_picks(model, tok, INSTRUCT_TEMPLATE, es, batch_size=3)
+    assert picks == choice_picks(model, tok, INSTRUCT_TEMPLATE, es, batch_size=64)
+    for e, pick in zip(es, picks):  # one example at a time, by hand
+        with torch.no_grad():
+            lp = [float(response_logprobs(model, *batch_examples([encode_example(
+                tok, INSTRUCT_TEMPLATE, e.instruction, e.input, c, max_len=model.config.block_size)],
+                tok.special_tokens[EOT]))[0]) for c in e.choices]
+        assert pick == e.choices[max(range(len(lp)), key=lp.__getitem__)]
+    acc = choice_accuracy(model, tok, INSTRUCT_TEMPLATE, es)
+    for task, value in acc.items():
+        mine = [p == e.response for e, p in zip(es, picks) if e.task == task]
+        assert value == sum(mine) / len(mine)
+    with pytest.raises(ValueError, match="choices"):
+        choice_picks(model, tok, INSTRUCT_TEMPLATE, [Example("continue", "Continue.", "a", "b", "x")])
+
+
 def test_genre_dataset_is_split_by_play_balanced_and_right_padded(corpus_and_tok):
     from utils.dpo import preference_pairs
     from utils.finetuning import genre_dataset

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,7 @@ __all__ = ["Template", "INSTRUCT_TEMPLATE", "CHAT_TEMPLATE", "CHAT_SPECIALS", "r
            "finetune_lm", "example_mean_loss", "answer", "answer_batch", "exact_match", "task_baselines", "choice_accuracy",
            "EXTRACTIVE_TASKS", "join_names", "split_names", "names_f1", "score_tasks", "INSTRUCT_METHODS", "INSTRUCT_LORA",
            "INSTRUCT_LR", "INSTRUCT_RECIPE", "INSTRUCT_SEEDS", "instruct_training_set", "response_loss", "train_new_token_rows", "prepare_instruct_model", "instruct_pairs", "train_instruct_model",
-           "genre_stage_set", "run_genre_stage"]
+           "genre_stage_set", "run_genre_stage", "line_twin", "choice_picks"]
 
 EOT = "<|endoftext|>"
 CHAT_SPECIALS = ("<|user|>", "<|assistant|>", "<|end|>")
@@ -223,6 +223,38 @@ def _made_up_name(rng: random.Random) -> str:
     return word if rng.random() < 0.6 else rng.choice(("First", "Second", "Third", "Old")) + " " + word
 
 
+def _quotable(body: list[str], other: list[str]) -> list[str]:
+    """The lines of one speech a "line_speaker" question may quote: long enough to find (20+ characters) and
+    not also a line of the other speech."""
+    return [line for line in body if len(line) >= 20 and line not in other]
+
+
+def _line_question(line: str) -> str:
+    return f'Who speaks the line "{line}"?'
+
+
+def line_twin(example: Example) -> Example | None:
+    """The counterfactual twin of a "line_speaker" example: the same passage and names, the first quotable
+    line of the *other* speech quoted, and the answer flipped to the other speaker. A model that reads the
+    quoted line answers the two differently; one that ignores it gives both the same name, so exactly one
+    of the two is right. ``None`` when the other speech has no quotable line (see :func:`instruction_data`)."""
+    if not isinstance(example, Example) or example.task != "line_speaker":
+        raise ValueError(f"line_twin needs a 'line_speaker' Example, got {getattr(example, 'task', example)!r}")
+    speeches = example.input.split("\n\n")
+    if len(speeches) != 2 or any(":\n" not in s for s in speeches):
+        raise ValueError("a line_speaker input is two speeches, each 'NAME:' on its own line then its lines, "
+                         f"separated by a blank line; got {example.input!r}")
+    names = [s.split(":\n", 1)[0] for s in speeches]
+    bodies = [s.split(":\n", 1)[1].split("\n") for s in speeches]
+    if example.response not in names:
+        raise ValueError(f"the answer {example.response!r} is not one of the passage's speakers {names}")
+    k = names.index(example.response)
+    lines = _quotable(bodies[1 - k], bodies[k])
+    if not lines:
+        return None
+    return replace(example, instruction=_line_question(lines[0]), response=names[1 - k])
+
+
 def instruction_data(corpus, split: str, n_per_task: int = 200, seed: int = 0, max_chars: int = 128,
                      tasks=TASKS, rename_speakers: bool = False, balance_genres: bool = False) -> list[Example]:
     """Instruction examples built from the passages of one split (so splits never share a play).
@@ -321,11 +353,10 @@ def instruction_data(corpus, split: str, n_per_task: int = 200, seed: int = 0, m
         for run in runs[2]:
             bodies = [_body(ps[i].text, half).split("\n") for i in run]
             # a line that only one of the two speeches has, long enough to find
-            cand += [(run, k, line) for k in (0, 1) for line in bodies[k]
-                     if len(line) >= 20 and line not in bodies[1 - k]]
+            cand += [(run, k, line) for k in (0, 1) for line in _quotable(bodies[k], bodies[1 - k])]
         for run, k, line in rng.sample(cand, min(n_per_task, len(cand))):
             text, ren = exchange(run)
-            out.append(Example("line_speaker", f'Who speaks the line "{line}"?', text,
+            out.append(Example("line_speaker", _line_question(line), text,
                                ren[_name(ps[run[k]].speaker)], ps[run[0]].play, tuple(sorted(ren.values()))))
     if "speakers" in tasks:
         cand = runs[2] + runs[3]
@@ -510,34 +541,42 @@ def task_baselines(examples: list[Example]) -> dict[str, dict[str, float]]:
 
 
 @torch.no_grad()
-def choice_accuracy(model: nn.Module, tokenizer, template: Template, examples: list[Example],
-                    batch_size: int = 64) -> dict[str, float]:
-    """Multiple-choice accuracy per task: the model "answers" the choice whose completion (response +
-    end token) it gives the highest log-probability after the prompt. Only examples with ``choices``."""
+@torch.no_grad()
+def choice_picks(model: nn.Module, tokenizer, template: Template, examples: list[Example],
+                 batch_size: int = 64) -> list[str]:
+    """The choice the model "answers" for each example (all must have ``choices``): the one whose completion
+    (choice + end token) it gives the highest log-probability after the prompt."""
     from utils.dpo import response_logprobs
 
-    es = [e for e in examples if e.choices]
-    if not es:
-        raise ValueError("no example with choices")
-    pairs, owner = [], []
-    for k, e in enumerate(es):
-        for c in e.choices:
-            pairs.append(encode_example(tokenizer, template, e.instruction, e.input, c,
-                                        max_len=model.config.block_size))
-            owner.append(k)
+    if not examples or any(not e.choices for e in examples):
+        raise ValueError("choice_picks needs examples that all have choices")
+    pairs = [encode_example(tokenizer, template, e.instruction, e.input, c, max_len=model.config.block_size)
+             for e in examples for c in e.choices]
     pad = tokenizer.special_tokens.get(EOT, 0)
     was = model.training
     model.eval()
     scores = torch.cat([response_logprobs(model, *batch_examples(pairs[i:i + batch_size], pad))
                         for i in range(0, len(pairs), batch_size)])
     model.train(was)
-    hits: dict[str, list[int]] = {}
-    pos = 0
-    for e in es:
+    picks, pos = [], 0
+    for e in examples:
         n = len(e.choices)
-        best = e.choices[int(scores[pos:pos + n].argmax())]
+        picks.append(e.choices[int(scores[pos:pos + n].argmax())])
         pos += n
-        hits.setdefault(e.task, []).append(int(best == e.response))
+    return picks
+
+
+def choice_accuracy(model: nn.Module, tokenizer, template: Template, examples: list[Example],
+                    batch_size: int = 64) -> dict[str, float]:
+    """Multiple-choice accuracy per task: the model "answers" the choice whose completion (response +
+    end token) it gives the highest log-probability after the prompt (:func:`choice_picks`). Only examples
+    with ``choices``."""
+    es = [e for e in examples if e.choices]
+    if not es:
+        raise ValueError("no example with choices")
+    hits: dict[str, list[int]] = {}
+    for e, pick in zip(es, choice_picks(model, tokenizer, template, es, batch_size)):
+        hits.setdefault(e.task, []).append(int(pick == e.response))
     return {t: sum(v) / len(v) for t, v in hits.items()}
 
 
@@ -722,6 +761,14 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # tasks but missed the seed-0 gate by 0.015; it was adopted on a fresh, paired check on training seed 2 (genre >= the
 # first stage's + 0.05, reading tasks within the ranges), fixed before that run. Seed 0's stages in this table ran on
 # the saved model of that time (the first stage rounded to bfloat16); the recipe runs the stage on the fp32 weights.
+# Counterfactual twins (line_twin: the same passage, the other speech's line quoted, the answer flipped): the saved model
+# gives the same name to a line_speaker question and its twin for 167 of 176 validation passages (161 of 176 on the
+# test plays): it ignores the quoted line. Tried: the 4,800 line_speaker examples as 2,400 training passages asked both
+# ways (each beside its twin, so that ignoring the quote cannot lower the loss), the rest of the recipe unchanged (genre
+# stage included). The rule, fixed before the runs: best-scored choice >= 0.60 on both seeds and every other task's exact
+# match within 0.05 of this recipe's. Validation plays, 200 items per task, seeds 0 / 1: line_speaker best-scored choice
+# 0.565 / 0.500, the same name for both twins in 154 / 156 of 166 passages; exact match genre 0.515 / 0.540,
+# first_speaker 0.765 / 0.765, speakers 0.280 / 0.315. Not adopted: the model still does not read the quote.
 INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800}, "balance_genres": True,
                    "epochs": 1.0, "lr": 1e-3, "genre_stage": {"n": 2400, "replay": 300, "epochs": 1.0, "lr": 1e-4},
                    "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
