@@ -20,8 +20,8 @@ def test_the_four_models_have_the_same_active_parameters_within_half_a_percent()
     module = _module()
     cfgs = module.model_configs(2048)
     assert list(cfgs) == ["dense", "MoE", "hybrid", "MoE top-1", "MoE x2", "MoE x2 alternate", "MoE top-1 x8",
-                          "MoE x2 alternate x16", "MoE fine alternate", "MoE x2 alternate x4", "MoE x2 x4", "MoE shared alternate",
-                          "MoE shared"]
+                          "MoE x2 alternate x16", "MoE fine alternate", "MoE x2 alternate x4", "MoE x2 x4",
+                          "MoE shared alternate", "MoE shared"]
     assert module.MODELS + module.CANDIDATES == tuple(cfgs)
     dense = count_parameters(cfgs["dense"], active=True)
     for name, cfg in cfgs.items():

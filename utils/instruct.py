@@ -541,7 +541,6 @@ def task_baselines(examples: list[Example]) -> dict[str, dict[str, float]]:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def choice_picks(model: nn.Module, tokenizer, template: Template, examples: list[Example],
                  batch_size: int = 64) -> list[str]:
     """The choice the model "answers" for each example (all must have ``choices``): the one whose completion
