@@ -5,6 +5,8 @@
     python benchmarks/pretrain_cpu.py --explore --rows "ours, 2 threads" --budget 60   # exploration only
     python benchmarks/pretrain_cpu.py --ablation --threads 1 --jobs 2   # each lever (tuning half), two at a time
     python benchmarks/pretrain_cpu.py --step-time                       # one step with AdamW vs Muon (~15 s)
+    python benchmarks/pretrain_cpu.py --next 15 --candidate "n_embd=128" --out benchmarks/results/x.json \
+        --rows "baby GPT, 2 threads" "ours, 2 threads" "ours n_embd=128, 2 threads"   # a candidate beside the recipe
     python benchmarks/pretrain_cpu.py --next 2 --rows "baby GPT, 2 threads" "ours, 2 threads" \
         --omp-wait-policy default --out benchmarks/results/pretrain_cpu_omp_default.json   # OpenMP's default waits
 
@@ -119,6 +121,23 @@ seed 1): a longer context at equal tokens per step (``"ours block_size=256 batch
 step 9% dearer in a step-time probe, 116.9 against 107.2 ms) scored 1.9446 (1,011 steps); the cosine decaying
 to zero (``"ours min_lr=0 threads=2"``) 1.9195 (1,111 steps). Both lost; the recipe is unchanged.
 
+Fourth round, on a slower CPU: the model's width (a candidate protocol, ``--candidate``)
+-----------------------------------------------------------------------------------------
+On a 2-core AMD EPYC without bf16 matrix instructions (ours in fp32) the recipe makes ~690 steps in 180 s at
+2 threads (the Xeon: ~1,060 in bf16), and every run of ``pretrain_cpu_epyc.json`` kept its last checkpoint:
+short of compute, not overfitting. Two levers that buy more updates per second were screened there with
+``--explore`` (``pretrain_cpu_explore_epyc.json``; rule written before the runs: beat the recipe's fresh
+same-seed run by >= 0.020 on the tuning half at seeds 0 and 1): ``batch_size=8`` (twice the updates at the same
+tokens) 2.0101 against the recipe's 2.0055 at seed 0 (lost, no seed-1 run); ``n_embd=128`` 1.9749 / 1.9623
+against 2.0055 / 2.0038 (won). The winner then ran the protocol on the reporting half beside fresh runs of the
+recipe and the baby, 3 seeds (``--next --candidate n_embd=128 --out pretrain_cpu_epyc_width128.json``): width
+128 2.2180 +- 0.0068 against the recipe's 2.2185 +- 0.0149 (per seed -0.011, +0.001, +0.008: not lower in every
+seed); ours / baby 0.875 +- 0.011 against 0.876 +- 0.015 (goal not met); at 1 thread width 128 gets 0.848 +-
+0.005 (met on average, not by every seed). Per part of the reporting half, width 128 was better on the Shrew
+part (a play the training text contains) and worse on The Tempest (one it lacks) in 2 of 3 seeds: with 7.8
+passes instead of 4.5 the smaller model fits the text it read. The tuning half, all Shrew, could not see
+that. The course recipe is unchanged.
+
 The machine's step rate: the OpenMP wait policy (``--omp-wait-policy``)
 -----------------------------------------------------------------------
 ``utils.runtime`` sets ``OMP_WAIT_POLICY=PASSIVE`` for the course, and every run of the committed protocol
@@ -180,6 +199,25 @@ RATIOS = (("2 threads, ours as run here (bf16 where fast)", f"{OURS}, 2 threads"
           ("2 threads, ours in fp32", f"{OURS_FP32}, 2 threads", f"{BABY}, 2 threads"),
           ("1 thread (a lower step rate)", f"{OURS}, 1 thread", f"{BABY}, 1 thread"))
 GOAL = 0.85
+
+
+def protocol(candidate: str | None = None) -> tuple[dict[str, tuple[Recipe, int]], tuple, tuple]:
+    """(rows, slots, ratios) of the protocol; with ``candidate`` (changes to the course recipe, e.g.
+    ``"n_embd=128"``, see :func:`explore_recipe`) also the rows ``"ours <candidate>, 2 threads"`` and
+    ``", 1 thread"``, run in the same round robin (after the recipe's 2-thread slot; at 1 thread beside the
+    baby, in the place of the recipe's 1-thread run) and paired with the baby's runs by seed like the recipe's. A results file records its candidate
+    (``--next --candidate``), so that ``--report`` rebuilds the same rows."""
+    if candidate is None:
+        return ROWS, SLOTS, RATIOS
+    name = f"{OURS} {candidate}"
+    rows = dict(ROWS)
+    for threads in (2, 1):
+        recipe, _ = explore_recipe(f"ours {candidate} threads={threads}")
+        rows[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = (recipe, threads)
+    slots = (SLOTS[0], SLOTS[1], (f"{name}, 2 threads",), SLOTS[2], (f"{BABY}, 1 thread", f"{name}, 1 thread"))
+    ratios = RATIOS + ((f"2 threads, {name}", f"{name}, 2 threads", f"{BABY}, 2 threads"),
+                       (f"1 thread, {name}", f"{name}, 1 thread", f"{BABY}, 1 thread"))
+    return rows, slots, ratios
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,8 +594,9 @@ def spread(values: list[float]) -> tuple[float, float, float, float]:
 def summarize(data: dict) -> dict:
     """Per row and per ratio: mean, std, min, max over seeds (ratios per seed, paired)."""
     runs = [r for r in data["runs"] if r.get("report_bpc") is not None]
+    row_names, _, ratio_rows = protocol(data.get("candidate"))
     rows = {}
-    for name in ROWS:
+    for name in row_names:
         rs = sorted((r for r in runs if r["row"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
@@ -570,7 +609,7 @@ def summarize(data: dict) -> dict:
                       "best_at_end": sum(r["best_step"] == r["steps"] for r in rs),
                       "precision": rs[0]["precision"], "params": rs[0]["params"], "vocab": rs[0]["vocab"]}
     ratios = {}
-    for label, a, b in RATIOS:
+    for label, a, b in ratio_rows:
         by_seed = {r["seed"]: r["report_bpc"] for r in runs if r["row"] == b}
         pairs = [(r["seed"], r["report_bpc"] / by_seed[r["seed"]]) for r in runs if r["row"] == a and r["seed"] in by_seed]
         if pairs:
@@ -605,7 +644,8 @@ def print_report(data: dict) -> dict:
         print(f"  {label:<{lw}} {m:.3f} ± {sd:.3f} (min–max {lo:.3f}–{hi:.3f}; {per}) "
               f"goal <= {GOAL}: {'met' if hi <= GOAL else ('met on average' if m <= GOAL else 'NOT met')}")
     print("\nper run (reporting-half bpc, tuning-half bpc of the kept checkpoint, step kept / steps):")
-    for r in sorted(data["runs"], key=lambda r: (r["seed"], list(ROWS).index(r["row"]) if r["row"] in ROWS else 99)):
+    order = list(protocol(data.get("candidate"))[0])
+    for r in sorted(data["runs"], key=lambda r: (r["seed"], order.index(r["row"]) if r["row"] in order else 99)):
         print(f"  seed {r['seed']} {r['row']:<{w}} report {r['report_bpc']:.4f}  tune {r['tune_bpc']:.4f}  "
               f"step {r['best_step']}/{r['steps']} ({r['stopped_by']}), {r['chars_per_s']:,} chars/s, "
               f"wall {r['wall_s']:.1f}s, load {r['load_avg'][0]}")
@@ -693,6 +733,8 @@ def explore_recipe(name: str) -> tuple[Recipe, int]:
         if k == "threads":
             threads = int(v)
             continue
+        if not hasattr(recipe, k):
+            raise ValueError(f"explore row {name!r}: {k!r} is not a Recipe field (fields: {list(asdict(recipe))})")
         changes[k] = None if v == "none" else type(getattr(recipe, k) if getattr(recipe, k) is not None else 1.0)(v)
     return recipe.with_(**changes), threads
 
@@ -704,6 +746,9 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="protocol: print the table of the results file")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per run (default 180)")
+    parser.add_argument("--candidate", default=None, metavar="CHANGES",
+                        help='--next: also run the course recipe with these changes (e.g. "n_embd=128") as protocol rows; '
+                             "needs --out (a file records one candidate)")
     parser.add_argument("--explore", action="store_true", help="exploration runs (tuning half only)")
     parser.add_argument("--rows", nargs="*", default=None, help="--explore: row names (see explore_recipe); --next: only the slots of these protocol rows")
     parser.add_argument("--threads", type=int, default=2, help="--ablation: torch threads per run")
@@ -726,6 +771,17 @@ def main(argv=None) -> None:
     if args.report or args.next is not None:
         out = args.out or PROTOCOL_FILE
         data = load_results(out)
+        if args.candidate is not None:
+            if args.next is None or args.out is None:
+                parser.error("--candidate goes with --next and --out (the committed protocol file has no candidate)")
+            if data["runs"] and data.get("candidate") != args.candidate:
+                parser.error(f"{out} holds runs of candidate {data.get('candidate')!r}; use the same one (or another --out)")
+            try:
+                protocol(args.candidate)
+            except (ValueError, TypeError) as err:
+                parser.error(f"--candidate {args.candidate!r}: {err}")
+            data["candidate"] = args.candidate
+        rows_map, slots_all, _ = protocol(data.get("candidate"))
         if args.next is not None:
             if data["runs"] and data.get("budget_s") != args.budget:
                 parser.error(f"{out} holds runs with a {data.get('budget_s')} s budget; use the same --budget")
@@ -733,21 +789,22 @@ def main(argv=None) -> None:
             if data["runs"] and data.get("omp_wait_policy", "passive") != args.omp_wait_policy:
                 parser.error(f"{out} holds runs with --omp-wait-policy {data.get('omp_wait_policy', 'passive')}; "
                              "use the same one (or another --out)")
-            unknown = [row for row in args.rows or [] if row not in ROWS]
+            unknown = [row for row in args.rows or [] if row not in rows_map]
             if unknown:
-                parser.error(f"--next --rows: not protocol rows: {unknown}; rows: {list(ROWS)}")
+                parser.error(f"--next --rows: not protocol rows: {unknown}; rows: {list(rows_map)}")
             _, tune_text, report_text = split_text(load_tinyshakespeare())
             data.update(budget_s=args.budget, environment=env, seeds=args.seeds, checks=list(CHECKS),
                         tune_chars=len(tune_text), report_chars=len(report_text),
                         command=f"python benchmarks/pretrain_cpu.py --next K --budget {args.budget:g} "
                                 f"--seeds {' '.join(map(str, args.seeds))}"
                                 + (f" --omp-wait-policy {args.omp_wait_policy}" if args.omp_wait_policy != "passive" else "")
+                                + (f" --candidate {args.candidate!r}" if args.candidate else "")
                                 + (" --rows " + " ".join(repr(r) for r in args.rows) if args.rows else ""))
             data.setdefault("invocations", []).append(
                 {"argv": ["python", "benchmarks/pretrain_cpu.py", *(argv if argv is not None else sys.argv[1:])],
                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_avg": list(os.getloadavg())})
             data["omp_wait_policy"] = args.omp_wait_policy
-            slots = [tuple(row for row in slot if not args.rows or row in args.rows) for slot in SLOTS]
+            slots = [tuple(row for row in slot if not args.rows or row in args.rows) for slot in slots_all]
             done = {(r["row"], r["seed"]) for r in data["runs"]}
             todo = [(seed, slot) for seed in args.seeds for slot in slots
                     if slot and not all((row, seed) in done for row in slot)]
@@ -756,7 +813,7 @@ def main(argv=None) -> None:
             for seed, slot in todo[:args.next]:
                 print(f"{time.strftime('%H:%M:%S')} seed {seed}: {' | '.join(slot)} "
                       f"(load {os.getloadavg()[0]:.2f})", flush=True)
-                rows = run_slot([(row, *ROWS[row]) for row in slot if (row, seed) not in done], args.budget, seed,
+                rows = run_slot([(row, *rows_map[row]) for row in slot if (row, seed) not in done], args.budget, seed,
                                 omp_wait_policy=args.omp_wait_policy)
                 for r in rows:
                     print(f"  {r['row']}: report {r['report_bpc']:.4f} bpc, tune {r['tune_bpc']:.4f}, "
@@ -778,7 +835,9 @@ def main(argv=None) -> None:
         data["note"] = ("exploration: tuning half only, used to choose the stopping rule and to try the second round's "
                         "levers (BPE-dropout, lr, weight averaging, vocabulary, width, the Muon optimiser) and the third "
                         "round's (context 256 at equal tokens per step, min_lr 0); "
-                        "not a reported result")
+                        "not a reported result") if out == EXPLORE_FILE else (
+                        "exploration: tuning half only, for choosing; not a reported result")
+        data.setdefault("environment", env)  # the machine of the file's first runs
         for seed in args.seeds:
             jobs = [(row, *recipes[row]) for row in args.rows]
             # 1-thread rows two at a time; 2-thread rows one at a time

@@ -258,3 +258,41 @@ def test_next_refuses_to_mix_wait_policies_in_one_results_file(bench, tmp_path, 
     with pytest.raises(SystemExit):
         bench.main(["--next", "1", "--omp-wait-policy", "default", "--out", str(out)])
     assert "holds runs with --omp-wait-policy passive" in capsys.readouterr().err
+
+
+def test_candidate_rows_change_only_the_named_fields_and_pair_with_the_baby(bench):
+    rows, slots, ratios = bench.protocol("n_embd=128")
+    cand2, cand1 = rows["ours n_embd=128, 2 threads"], rows["ours n_embd=128, 1 thread"]
+    assert cand2 == (bench.COURSE_RECIPE.with_(n_embd=128), 2) and cand1 == (bench.COURSE_RECIPE.with_(n_embd=128), 1)
+    assert rows["ours, 2 threads"] == bench.ROWS["ours, 2 threads"]  # the course recipe's rows stay
+    flat = [row for slot in slots for row in slot]
+    assert len(flat) == len(set(flat))  # every row runs once per seed
+    assert ("baby GPT, 1 thread", "ours n_embd=128, 1 thread") in slots  # side by side, one core each
+    assert ("2 threads, ours n_embd=128", "ours n_embd=128, 2 threads", "baby GPT, 2 threads") in ratios
+    assert bench.protocol(None) == (bench.ROWS, bench.SLOTS, bench.RATIOS)
+
+
+def test_report_of_a_candidate_file_pairs_its_runs_with_the_baby(bench):
+    runs = [{"row": row, "seed": seed, "report_bpc": bpc, "steps": 1, "passes": 1.0, "chars_per_s": 1, "wall_s": 1.0,
+             "best_step": 1, "precision": "fp32", "params": 1, "vocab": 1}
+            for seed, (baby, cand) in enumerate([(2.6, 2.2), (2.5, 2.25)])
+            for row, bpc in (("baby GPT, 2 threads", baby), ("ours n_embd=128, 2 threads", cand))]
+    ratios = bench.summarize({"runs": runs, "candidate": "n_embd=128"})["ratios"]
+    assert ratios["2 threads, ours n_embd=128"]["per_seed"] == [(0, round(2.2 / 2.6, 4)), (1, 0.9)]
+    assert "2 threads, ours n_embd=128" not in bench.summarize({"runs": runs})["ratios"]  # no candidate: not a row
+
+
+def test_candidate_needs_its_own_results_file_and_a_known_field(bench, tmp_path, capsys):
+    import json
+
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--candidate", "n_embd=128"])
+    assert "--candidate goes with --next and --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--candidate", "width=128", "--out", str(tmp_path / "r.json")])
+    assert "--candidate 'width=128'" in capsys.readouterr().err
+    out = tmp_path / "c.json"
+    out.write_text(json.dumps({"budget_s": 180.0, "candidate": "n_embd=96", "runs": [{"row": "x", "seed": 0}]}))
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--candidate", "n_embd=128", "--out", str(out)])
+    assert "holds runs of candidate 'n_embd=96'" in capsys.readouterr().err
