@@ -205,8 +205,9 @@ def protocol(candidate: str | None = None) -> tuple[dict[str, tuple[Recipe, int]
     """(rows, slots, ratios) of the protocol; with ``candidate`` (changes to the course recipe, e.g.
     ``"n_embd=128"``, see :func:`explore_recipe`) also the rows ``"ours <candidate>, 2 threads"`` and
     ``", 1 thread"``, run in the same round robin (after the recipe's 2-thread slot; at 1 thread beside the
-    baby, in the place of the recipe's 1-thread run) and paired with the baby's runs by seed like the recipe's. A results file records its candidate
-    (``--next --candidate``), so that ``--report`` rebuilds the same rows."""
+    baby, in the place of the recipe's 1-thread run) and paired with the baby's runs by seed like the
+    recipe's. A results file records its candidate (``--next --candidate``), so that ``--report``
+    rebuilds the same rows."""
     if candidate is None:
         return ROWS, SLOTS, RATIOS
     name = f"{OURS} {candidate}"
