@@ -294,9 +294,10 @@ def test_tools_finetune_trains_the_instruct_recipe_with_every_one_of_its_options
     assert seen["task_counts"] == r["task_counts"] and seen["epochs"] == r["epochs"] and seen["lr"] == r["lr"]
     assert seen["balance_genres"] is r.get("balance_genres", False)
     assert seen["loss_per_example"] is r.get("loss_per_example", False)
-    assert seen["genre_stage"] == r.get("genre_stage")
+    assert seen["genre_stage"] == r.get("genre_stage") and seen["line_stage"] == r.get("line_stage")
     # an option of the recipe that the tool would drop on the floor fails here
-    passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example", "genre_stage"}
+    passed = {"method", "n_per_task", "task_counts", "epochs", "lr", "balance_genres", "loss_per_example", "genre_stage",
+              "line_stage"}
     assert set(r) - passed <= {"seed", "rename_speakers", "test_per_task", "test_seed"}
 
 
@@ -353,3 +354,50 @@ def test_a_genre_stage_draws_balanced_genres_anew_replays_each_other_task_and_tr
             genre_stage_set(corpus, bad)
     with pytest.raises(ValueError, match="genre_stage"):  # refused before any training
         train_instruct_model(genre_stage={"n": 30})
+
+
+def test_a_line_stage_draws_renamed_line_speaker_examples_anew_replays_each_other_task_and_refuses_too_many(corpus):
+    from collections import Counter
+
+    from utils.instruct import line_stage_set, run_line_stage, train_instruct_model
+
+    stage = {"n": 40, "replay": 3, "epochs": 1.0, "lr": 1e-4}
+    both = line_stage_set(corpus, stage, seed=5)
+    assert Counter(e.task for e in both) == {"line_speaker": 40, "first_speaker": 3, "speakers": 3, "continue": 3,
+                                             "genre": 3}
+    assert Counter(e.response for e in both if e.task == "genre") == {"comedy": 1, "history": 1, "tragedy": 1}
+    ex = [e for e in both if e.task == "line_speaker"]
+    assert {e.play for e in ex} <= {p.play for p in corpus.passages if p.split == "train"}
+    mixed = instruction_data(corpus, "train", n_per_task=40, seed=5, tasks=("line_speaker",), rename_speakers=True)
+    assert {e.input for e in ex} != {e.input for e in mixed}  # not the mixed stage's draw
+    real = {p.speaker.strip() for p in corpus.passages if p.split == "train"}
+    assert sum(e.response not in real for e in ex) >= 20  # renamed: most answers are made-up names
+    assert all(e.response in e.choices and f"{e.response}:\n" in e.input for e in ex)
+    with pytest.raises(ValueError, match="hold only"):
+        line_stage_set(corpus, {**stage, "n": 10 ** 7})
+    for bad, word in (({"n": 30}, "keys"), ({**stage, "n": 0}, "'n'"), ({**stage, "replay": -1}, "'replay'"),
+                      ({**stage, "epochs": 0}, "'epochs'"), ({**stage, "lr": -1e-3}, "'lr'")):
+        with pytest.raises(ValueError, match=word):
+            line_stage_set(corpus, bad)
+    with pytest.raises(ValueError, match="line_stage"):  # refused before any training
+        train_instruct_model(line_stage={"n": 30})
+    model, tok = load_course_model()
+    tok2 = prepare_instruct_model(model, tok, "full")
+    before = [p.detach().clone() for p in model.parameters()]
+    out, result = run_line_stage(model, tok2, {"n": 6, "replay": 0, "epochs": 1.0, "lr": 1e-4}, seed=0, corpus=corpus)
+    assert out is model and not model.training and result.steps == 1  # 6 examples, batches of 16: one step
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_train_instruct_model_runs_the_line_stage_first_then_the_mixed_stage_then_the_genre_stage(monkeypatch, corpus):
+    import utils.instruct as I
+
+    order = []
+    monkeypatch.setattr(I, "run_line_stage", lambda m, t, st, seed, progress=False: order.append(("line", st, seed)))
+    monkeypatch.setattr(I, "finetune_lm", lambda *a, **k: order.append(("mixed", len(a[1]))))
+    monkeypatch.setattr(I, "run_genre_stage", lambda m, t, st, seed, progress=False: order.append(("genre", st, seed)))
+    line = {"n": 5, "replay": 0, "epochs": 1.0, "lr": 1e-3}
+    genre = {"n": 3, "replay": 0, "epochs": 1.0, "lr": 1e-4}
+    examples = instruction_data(corpus, "train", n_per_task=4, tasks=("genre",))
+    I.train_instruct_model(examples, method="full", seed=3, line_stage=line, genre_stage=genre)
+    assert order == [("line", line, 3), ("mixed", len(examples)), ("genre", genre, 3)]

@@ -98,7 +98,7 @@ def _train_instruct(r: dict, seed: int, device=None, base=None):
                                           task_counts=r.get("task_counts"), epochs=r["epochs"], lr=r["lr"], seed=seed,
                                           device=device, progress=True, balance_genres=r.get("balance_genres", False),
                                           loss_per_example=r.get("loss_per_example", False), base=base,
-                                          genre_stage=r.get("genre_stage"))
+                                          genre_stage=r.get("genre_stage"), line_stage=r.get("line_stage"))
     seconds = time.perf_counter() - t0
     if r["method"] == "full":
         with torch.no_grad():
