@@ -48,7 +48,7 @@ setup:
 test: unit notebooks test-browser
 
 unit:
-	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser
+	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser --durations=15
 
 notebooks:
 	LLM_COURSE_FAST=1 $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)

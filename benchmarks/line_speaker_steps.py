@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.moe import cpu_name  # noqa: E402
 from utils.data import load_corpus  # noqa: E402
 from utils.instruct import (EOT, INSTRUCT_TEMPLATE, batch_examples, choice_accuracy, instruct_pairs,  # noqa: E402
                             instruction_data, prepare_instruct_model)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=RESULTS / "line_speaker_steps.json")
     a = ap.parse_args(argv)
     res = run(a.seed, a.steps, a.max_seconds, a.lr, a.eval_every, a.draws, a.threads, a.examples, a.held)
-    res["environment"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+    res["environment"] = {"cpu": cpu_name(), "torch": torch.__version__,
                           "date": time.strftime("%Y-%m-%d")}
     print("| step | seconds | train loss | best-scored choice, validation plays | same, training plays |")
     print("|---|---|---|---|---|")

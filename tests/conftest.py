@@ -17,14 +17,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def bench():
-    """benchmarks/pretrain_cpu.py as a module (a script, not a package), for its tests."""
+def _load_script(relpath: str):
+    """A script of the repository (``benchmarks/...``, ``tools/...``) as a module: scripts are not a package."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_cpu.py"
-    spec = importlib.util.spec_from_file_location("pretrain_cpu", path)
+    path = Path(__file__).resolve().parent.parent / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("benchmarks/x.py")``: that script as a module, for its tests."""
+    return _load_script
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/pretrain_cpu.py as a module (a script, not a package), for its tests."""
+    return _load_script("benchmarks/pretrain_cpu.py")

@@ -1,23 +1,17 @@
 """benchmarks/line_speaker_steps.py: the learning curve of "who speaks the line" (a tiny run)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def steps(load_script):
+    return load_script("benchmarks/line_speaker_steps.py")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("line_speaker_steps", ROOT / "benchmarks" / "line_speaker_steps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_the_line_speaker_curve_evaluates_at_the_start_every_interval_and_the_end_and_writes_its_file(tmp_path):
+def test_the_line_speaker_curve_evaluates_at_the_start_every_interval_and_the_end_and_writes_its_file(steps, tmp_path):
     out = tmp_path / "curve.json"
-    res = _script().main(["--steps", "3", "--eval-every", "2", "--draws", "1", "--examples", "48", "--held", "20", "--out", str(out)])
+    res = steps.main(["--steps", "3", "--eval-every", "2", "--draws", "1", "--examples", "48", "--held", "20", "--out", str(out)])
     assert [h["step"] for h in res["hist"]] == [0, 2, 3]
     assert res["hist"][0]["loss"] is None and all(h["loss"] > 0 for h in res["hist"][1:])
     assert all(0.0 <= h[k] <= 1.0 for h in res["hist"] for k in ("val_choice", "train_choice"))
@@ -27,6 +21,6 @@ def test_the_line_speaker_curve_evaluates_at_the_start_every_interval_and_the_en
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"eval_every": 0}, {"lr": 0.0}, {"examples": 0}, {"held": 0}])
-def test_the_line_speaker_curve_refuses_a_non_positive_setting(bad):
+def test_the_line_speaker_curve_refuses_a_non_positive_setting(steps, bad):
     with pytest.raises(ValueError, match="must be positive"):
-        _script().run(**bad)
+        steps.run(**bad)

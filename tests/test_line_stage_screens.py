@@ -1,0 +1,108 @@
+"""benchmarks/line_stage_screens.py: the recipe with a line stage, screened on the validation plays (quick runs)."""
+import json
+
+import pytest
+import torch
+
+from utils.instruct import prepare_instruct_model, run_line_stage, train_instruct_model
+from utils.pretrain import load_course_model
+
+
+@pytest.fixture(scope="module")
+def screens(load_script):
+    return load_script("benchmarks/line_stage_screens.py")
+
+
+def test_an_every_weight_line_stage_before_the_mixed_stage_gives_exactly_train_instruct_models_model(screens):
+    r = screens.recipe(quick=True)
+    stage = {"n": 8, "replay": 0, "epochs": 1.0, "lr": 1e-3}
+    ref, _, _ = train_instruct_model(method=r["method"], n_per_task=r["n_per_task"], task_counts=r["task_counts"],
+                                     epochs=r["epochs"], lr=r["lr"], seed=0, balance_genres=r["balance_genres"],
+                                     genre_stage=r["genre_stage"], line_stage=stage)
+    got, _, n_trainable, _ = screens.train_screen(seed=0, n=8, train="all", where="before", quick=True)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    sd_ref, sd_got = ref.state_dict(), got.state_dict()
+    assert sd_ref.keys() == sd_got.keys()
+    assert all(torch.equal(sd_ref[k], sd_got[k]) for k in sd_ref)
+    assert n_trainable == sum(p.numel() for p in got.parameters())
+
+
+def _line_stage_moves(screens, train, blocks):
+    """Which parameters (and which qkv rows) one quick line stage of this kind changes."""
+    model, tok = load_course_model()
+    tok2 = prepare_instruct_model(model, tok, "full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    restore, n_trainable = screens.freeze_for_line_stage(model, train, blocks)
+    run_line_stage(model, tok2, {"n": 16, "replay": 0, "epochs": 1.0, "lr": 1e-2}, 0)
+    restore()
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
+    return {n: ~torch.isclose(p.detach(), before[n], rtol=0, atol=0).all(dim=-1) for n, p in model.named_parameters()}, \
+        n_trainable, model.config
+
+
+def test_an_attention_qk_line_stage_moves_only_the_query_and_key_rows(screens):
+    moved, n_trainable, cfg = _line_stage_moves(screens, "attention_qk", None)
+    c = cfg.n_embd
+    for name, rows in moved.items():
+        if name.endswith("qkv_proj.weight"):
+            assert rows[:2 * c].all() and not rows[2 * c:].any(), name  # q, k rows move; value rows do not
+        else:
+            assert not rows.any(), name  # out_proj, MLPs, norms, embeddings: frozen
+    assert n_trainable == cfg.n_layer * 2 * c * c
+
+
+def test_an_attention_line_stage_of_chosen_blocks_leaves_every_other_weight(screens):
+    moved, n_trainable, cfg = _line_stage_moves(screens, "attention", [0])
+    changed = {n for n, rows in moved.items() if rows.any()}
+    assert changed == {"blocks.0.attn.qkv_proj.weight", "blocks.0.attn.out_proj.weight"}
+    assert n_trainable == 4 * cfg.n_embd * cfg.n_embd
+
+
+def test_the_screen_appends_its_entry_atomically_and_judges_it_against_the_recipe_of_its_seed(screens, tmp_path, capsys):
+    out = tmp_path / "screens.json"
+    base = {**_entry(0.0, 0.0, 0.0, 0.0, 0.5, n=0), "quick": True, "twin_pairs": 2, "same_answer": 2}  # a recipe row
+    out.write_text(json.dumps({"rule": screens.RULE, "screens": [base]}))
+    entry = screens.main(["--quick", "--n", "8", "--train", "attention", "--blocks", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["screens"] == [base, entry]
+    assert entry["variant"] == {"n": 8, "lr": 1e-3, "replay": 0, "train": "attention", "blocks": [1], "where": "before"}
+    assert entry["line_stage_trainable"] == 4 * 192 * 192 and entry["quick"] is True
+    assert set(entry["exact_match"]) == {"genre", "first_speaker", "line_speaker", "speakers"}
+    assert all(0.0 <= v <= 1.0 for v in entry["choice"].values()) and entry["val_per_task"] == 4
+    assert not out.with_suffix(".tmp").exists()
+    printed = capsys.readouterr().out
+    assert "| 0 | recipe (no line stage) |" in printed and "| baseline |" in printed
+    assert "8 examples, attention of blocks 1, before the mixed stage" in printed
+    assert printed.count("| pass |") + printed.count("| fail: ") == 1  # judged against the quick recipe row
+
+
+def _entry(genre, first, line, speakers, choice, n=32000):
+    return {"seed": 0, "quick": False, "variant": {"n": n}, "exact_match": {"genre": genre, "first_speaker": first,
+            "line_speaker": line, "speakers": speakers}, "choice": {"line_speaker": choice}}
+
+
+def test_the_screening_rule_needs_the_lookup_and_no_other_task_more_than_005_below_the_recipe(screens):
+    base = _entry(0.535, 0.740, 0.410, 0.225, 0.52, n=0)
+    assert screens.verdict(_entry(0.490, 0.700, 0.5, 0.180, 0.60), base) == "pass"
+    assert screens.verdict(_entry(0.450, 0.845, 0.575, 0.445, 0.685), base) == "fail: genre 0.450 < 0.535 - 0.05"
+    assert screens.verdict(_entry(0.510, 0.850, 0.455, 0.390, 0.500), base).startswith("fail: line_speaker choice")
+    assert screens.verdict(_entry(0.5, 0.8, 0.5, 0.3, 0.7), None) == "no baseline"
+    assert screens.verdict(base, None) == "baseline"
+
+
+@pytest.mark.parametrize("kwargs, match", [({"train": "mlp"}, "train must be one of"),
+                                           ({"train": "attention", "blocks": [4]}, "blocks must be None"),
+                                           ({"train": "attention", "blocks": []}, "blocks must be None")])
+def test_a_line_stage_of_an_unknown_kind_or_missing_block_is_refused(screens, kwargs, match):
+    model, _ = load_course_model()
+    with pytest.raises(ValueError, match=match):
+        screens.freeze_for_line_stage(model, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"where": "middle"}, "where must be one of"), ({"n": -1}, "n must be")])
+def test_a_screen_with_an_impossible_place_or_size_is_refused(screens, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        screens.train_screen(quick=True, **kwargs)
