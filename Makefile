@@ -22,14 +22,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 KERNEL_IPC := --KernelManager.transport=ipc --KernelManager.ip=$(shell mktemp -u /tmp/llm-course-kernel-XXXXXX)
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+# -p tests.nbval_run_twice: each notebook runs a second time in the same kernel ("Run all" again, no restart)
+NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 -p tests.nbval_run_twice
 
 .PHONY: help setup test unit notebooks test-browser lab execute pretrain finetune benchmarks sync-setup-cell clean
 
 help:
 	@echo "make setup         create .venv and install the course (the right torch build first, then requirements)"
 	@echo "make lab           open JupyterLab on the course (LAB_ARGS=\"--port 8899 --no-browser\" to pass options)"
-	@echo "make test          unit tests, every notebook under nbval in fast mode, then the browser test"
+	@echo "make test          unit tests, every notebook under nbval in fast mode (run twice in one kernel), then the browser test"
 	@echo "make test-browser  run notebooks in JupyterLab in headless Chromium and use their widgets"
 	@echo "make execute       re-run every notebook in place in default mode (NB=... for one, DEVICE=cuda for a GPU)"
 	@echo "make pretrain      rebuild the course model in data/checkpoints/"
@@ -51,7 +52,7 @@ unit:
 	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser --durations=15
 
 notebooks:
-	LLM_COURSE_FAST=1 $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)
+	LLM_COURSE_FAST=1 $(PY) -m pytest $(NBVAL) $(NOTEBOOKS) --durations=15
 
 # JupyterLab on a random loopback port, driven by Debian's Chromium (tests/browser/README in the test's docstring).
 test-browser:
