@@ -30,7 +30,7 @@ NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-
 help:
 	@echo "make setup         create .venv and install the course (the right torch build first, then requirements)"
 	@echo "make lab           open JupyterLab on the course (LAB_ARGS=\"--port 8899 --no-browser\" to pass options)"
-	@echo "make test          unit tests, every notebook under nbval in fast mode (run twice in one kernel), then the browser test"
+	@echo "make test          in parallel: unit tests, every notebook under nbval in fast mode (run twice in one kernel), the browser test"
 	@echo "make test-browser  run notebooks in JupyterLab in headless Chromium and use their widgets"
 	@echo "make execute       re-run every notebook in place in default mode (NB=... for one, DEVICE=cuda for a GPU)"
 	@echo "make pretrain      rebuild the course model in data/checkpoints/"
@@ -46,7 +46,11 @@ setup:
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (LLM Internals)" >/dev/null
 	$(PY) -c "import utils.runtime, torch; print('setup ok: torch', torch.__version__, '(CUDA)' if torch.cuda.is_available() else '')"
 
-test: unit notebooks test-browser
+# The three parts run at once: each keeps about one of two cores busy on its own (kernel start-up, Python, the
+# browser). --output-sync prints each part's output in one piece when that part ends.
+test:
+	@echo "make test: unit, notebooks and test-browser run in parallel; each part's output appears when it ends"
+	$(MAKE) --no-print-directory -j3 --output-sync=target unit notebooks test-browser
 
 unit:
 	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser --durations=15
