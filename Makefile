@@ -47,10 +47,12 @@ setup:
 	$(PY) -c "import utils.runtime, torch; print('setup ok: torch', torch.__version__, '(CUDA)' if torch.cuda.is_available() else '')"
 
 # The three parts run at once: each keeps about one of two cores busy on its own (kernel start-up, Python, the
-# browser). --output-sync prints each part's output in one piece when that part ends.
+# browser). --output-sync prints each part's output in one piece when that part ends (GNU make 4+; macOS's
+# make 3.81 lacks it, and there the parts' lines interleave).
+SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 test:
-	@echo "make test: unit, notebooks and test-browser run in parallel; each part's output appears when it ends"
-	$(MAKE) --no-print-directory -j3 --output-sync=target unit notebooks test-browser
+	@echo "make test: unit, notebooks and test-browser run in parallel; with GNU make 4+ each part's output appears in one piece when it ends"
+	$(MAKE) --no-print-directory -j3 $(SYNC) unit notebooks test-browser
 
 unit:
 	LLM_COURSE_FAST=1 $(PY) -m pytest tests --ignore=tests/browser --durations=15
