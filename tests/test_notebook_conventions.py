@@ -100,9 +100,9 @@ def test_setup_cell_pins_a_ref_and_imports_the_runtime_before_torch():
     assert "enable_custom_widget_manager()" in SETUP_CELL
 
 
-# "<something> equal / identical ...: False" in a stored output: a check against the real thing that failed
+# "<something> equal / identical / same / match ...: False" in a stored output: a check against the real thing that failed
 # when the notebook was executed (notebook 05 once committed "logits equal (max |difference| < 1e-5): False")
-FAILED_EQUALITY = re.compile(r"\b(equal|equals|identical)\b[^\n:]*:\s*False\b", re.I)
+FAILED_EQUALITY = re.compile(r"\b(equal|equals|identical|same|match|matches)\b[^\n:]*:\s*False\b", re.I)
 
 
 def _printed(cell) -> str:
@@ -116,6 +116,7 @@ def _printed(cell) -> str:
 def test_failed_equality_pattern_matches_what_a_failed_check_prints():
     assert FAILED_EQUALITY.search("logits equal (max |difference| < 1e-5): False")
     assert FAILED_EQUALITY.search("2,000 random strings identical: False")
+    assert FAILED_EQUALITY.search("same experts chosen in every layer: False")
     assert not FAILED_EQUALITY.search("2,000 random strings identical: True")
     assert not FAILED_EQUALITY.search("causal mask: shuffling the tokens only shuffles the outputs: False")
 
