@@ -15,7 +15,11 @@ A variant says which weights the line stage trains and where it runs:
 - ``--blocks 0 1``: only those blocks' attention (default: every block);
 - ``--where before`` (before the mixed stage) or ``after`` (between the mixed and the genre stage);
 - ``--n 0``: no line stage: the recipe itself, the baseline of the screening rule;
-- ``--genre-lr``: the genre stage's peak learning rate instead of the recipe's.
+- ``--genre-lr``: the genre stage's peak learning rate instead of the recipe's;
+- ``--anchor``: L2-SP in the line stage (``utils.instruct.finetune_lm(anchor=...)``): after every step the trained
+  weights are pulled toward their values before the stage by ``anchor`` x the step's learning rate, so that the
+  stage keeps what the weights knew (the hypothesis: the genre answer is lost to the weights' drift, not to the
+  lookup itself).
 
 The stages run in the order of utils.instruct.train_instruct_model (a test checks that ``--train all --where
 before`` gives exactly its model); the weights are rounded to bfloat16 before scoring, as the saved model is
@@ -26,6 +30,8 @@ rule was first written with, from an earlier run; the verdicts printed here use 
 
     python benchmarks/line_stage_screens.py --seed 0 --train attention --blocks 0 1 --n 32000
     python benchmarks/line_stage_screens.py --seed 0 --n 0                  # the recipe (baseline row)
+    python benchmarks/line_stage_screens.py --seed 0 --anchor 10 \
+        --out benchmarks/results/line_stage_screens_anchor.json             # every weight, anchored (L2-SP)
     python benchmarks/line_stage_screens.py --quick --out /tmp/quick.json  # a few examples per stage (tests)
 """
 
@@ -45,7 +51,8 @@ from benchmarks.moe import cpu_name  # noqa: E402
 from utils.data import load_corpus  # noqa: E402
 from utils.instruct import (EOT, FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy,  # noqa: E402
                             choice_picks, finetune_lm, instruct_pairs, instruct_training_set, instruction_data,
-                            line_twin, prepare_instruct_model, run_genre_stage, run_line_stage, score_tasks)
+                            line_stage_set, line_twin, prepare_instruct_model, run_genre_stage, run_line_stage,
+                            score_tasks)
 from utils.pretrain import load_course_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,10 +110,10 @@ def freeze_for_line_stage(model: torch.nn.Module, train: str = "all", blocks: li
 
 def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
                  blocks: list[int] | None = None, where: str = "before", quick: bool = False, corpus=None,
-                 genre_lr: float | None = None):
+                 genre_lr: float | None = None, anchor: float = 0.0):
     """The recipe with a line stage of this variant (``n=0``: without one; ``genre_lr``: the genre stage's peak
-    learning rate instead of the recipe's). Returns ``(model, tokenizer, n_trainable in the line stage, seconds)``,
-    the model in eval mode, rounded to bfloat16."""
+    learning rate instead of the recipe's; ``anchor``: L2-SP strength in the line stage, 0 = off). Returns
+    ``(model, tokenizer, n_trainable in the line stage, seconds)``, the model in eval mode, rounded to bfloat16."""
     if where not in WHERE:
         raise ValueError(f"where must be one of {WHERE}, got {where!r}")
     if not isinstance(n, int) or n < 0:
@@ -122,7 +129,12 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
     def line_stage():
         restore, k = freeze_for_line_stage(model, train, blocks)
         try:
-            run_line_stage(model, tok2, stage, seed, corpus=corpus)
+            if anchor:  # run_line_stage's stage, with the anchor (same examples, data and training seeds)
+                pairs = instruct_pairs(tok2, line_stage_set(corpus, stage, seed), True, model.config.block_size)
+                finetune_lm(model, pairs, epochs=stage["epochs"], lr=stage["lr"], pad_id=tok2.special_tokens[EOT],
+                            seed=seed + 2, progress=False, anchor=anchor)
+            else:
+                run_line_stage(model, tok2, stage, seed, corpus=corpus)
         finally:
             restore()
         return k
@@ -144,11 +156,12 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
 
 def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
         blocks: list[int] | None = None, where: str = "before", quick: bool = False, threads: int = 2,
-        genre_lr: float | None = None) -> dict:
+        genre_lr: float | None = None, anchor: float = 0.0) -> dict:
     """Train one variant and score it on the validation plays; returns the entry the results file keeps."""
     torch.set_num_threads(threads)
     corpus = load_corpus()
-    model, tok2, n_trainable, secs = train_screen(seed, n, lr, replay, train, blocks, where, quick, corpus, genre_lr)
+    model, tok2, n_trainable, secs = train_screen(seed, n, lr, replay, train, blocks, where, quick, corpus, genre_lr,
+                                                  anchor)
     per_task = QUICK["val_per_task"] if quick else INSTRUCT_RECIPE["test_per_task"]
     val = [e for e in instruction_data(corpus, "val", n_per_task=per_task, seed=INSTRUCT_RECIPE["test_seed"])
            if e.task in FACTUAL_TASKS]
@@ -166,6 +179,8 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant = {"n": 0}
     if genre_lr:
         variant["genre_lr"] = genre_lr
+    if anchor and n:
+        variant["anchor"] = anchor
     return {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
             "twin_pairs": len(twins), "same_answer": same, "run_as": "benchmarks/line_stage_screens.py",
@@ -196,6 +211,7 @@ def describe(variant: dict) -> str:
             "attention_qk": f"query/key rows of {blocks}"}[variant["train"]]
     extra = f", replay {variant['replay']}" if variant.get("replay") else ""
     extra += f", genre stage lr {variant['genre_lr']:g}" if variant.get("genre_lr") else ""
+    extra += f", anchored to its start (L2-SP {variant['anchor']:g})" if variant.get("anchor") else ""
     return f"{variant['n']:,} examples, {what}, {variant['where']} the mixed stage, lr {variant['lr']:g}{extra}"
 
 
@@ -223,11 +239,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--blocks", type=int, nargs="+", default=None, help="only these blocks' attention (default: all)")
     ap.add_argument("--where", choices=WHERE, default="before")
     ap.add_argument("--genre-lr", type=float, default=None, help="the genre stage's lr (default: the recipe's)")
+    ap.add_argument("--anchor", type=float, default=0.0,
+                    help="L2-SP strength in the line stage: pull toward the start by anchor x lr per step (0: off)")
     ap.add_argument("--quick", action="store_true", help="a few examples per stage (for the tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "line_stage_screens.json")
     a = ap.parse_args(argv)
-    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr)
+    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor)
     data = json.loads(a.out.read_text()) if a.out.exists() else {"rule": RULE, "screens": []}
     data["screens"].append(entry)
     a.out.parent.mkdir(parents=True, exist_ok=True)

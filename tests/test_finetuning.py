@@ -332,6 +332,50 @@ def test_response_only_loss_ignores_prompt_tokens_exactly():
     assert X.shape == Y.shape == (2, len(x)) and (Y[1, 5:] == -100).all()
 
 
+def _anchor_run(anchor, steps=3, seed=0):
+    """A tiny model fine-tuned for ``steps`` steps by finetune_lm; returns (start weights, end weights)."""
+    from utils.instruct import finetune_lm
+
+    model = tiny(seed=seed).train()
+    g = torch.Generator().manual_seed(1)
+    pairs = [(torch.randint(0, 50, (10,), generator=g).tolist(), torch.randint(0, 50, (10,), generator=g).tolist())
+             for _ in range(4 * steps)]
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    finetune_lm(model, pairs, epochs=1.0, batch_size=4, lr=1e-2, seed=seed, progress=False, anchor=anchor)
+    return start, {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_finetune_anchor_pulls_each_step_toward_the_start_by_anchor_times_lr():
+    from utils.training import lr_schedule
+
+    start, free = _anchor_run(0.0, steps=1)
+    _, anchored = _anchor_run(20.0, steps=1)
+    # one step: the same AdamW step, then w <- w - anchor * lr_0 * (w - w_start); finetune_lm's schedule, lr 1e-2
+    lr0 = lr_schedule(0, lr=1e-2, min_lr=1e-3, warmup_steps=1, total_steps=1)
+    moved = 0
+    for k in start:
+        expect = free[k] - 20.0 * lr0 * (free[k] - start[k])
+        assert torch.allclose(anchored[k], expect, atol=1e-7), k
+        moved += int(not torch.equal(free[k], start[k]))
+    assert moved > 0 and lr0 > 0
+    # over several steps the anchored weights stay closer to the start than the free ones, and still move
+    start, free = _anchor_run(0.0, steps=6)
+    _, anchored = _anchor_run(20.0, steps=6)
+    dist = lambda w: math.sqrt(sum(float((w[k] - start[k]).pow(2).sum()) for k in start))  # noqa: E731
+    assert 0 < dist(anchored) < 0.9 * dist(free)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1"])
+def test_finetune_anchor_rejects_a_negative_or_non_finite_strength(bad):
+    from utils.instruct import finetune_lm
+
+    model = tiny()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(ValueError, match="anchor must be a finite number >= 0"):
+        finetune_lm(model, [([1, 2, 3], [2, 3, 4])], progress=False, anchor=bad)
+    assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
 def test_templates_reject_a_missing_response_marker_and_missing_fields():
     with pytest.raises(ValueError, match="response marker"):
         Template("broken", "Q: {instruction} {input}\nA: {response}", "### Response:\n")

@@ -29,6 +29,16 @@ def test_an_every_weight_line_stage_before_the_mixed_stage_gives_exactly_train_i
     assert n_trainable == sum(p.numel() for p in got.parameters())
 
 
+def test_an_anchored_line_stage_trains_on_the_same_examples_and_seeds_as_run_line_stage(screens):
+    # an anchor too weak to move anything takes the anchored path: the same model as the plain line stage
+    plain, _, _, _ = screens.train_screen(seed=0, n=8, quick=True)
+    weak, _, _, _ = screens.train_screen(seed=0, n=8, quick=True, anchor=1e-12)
+    strong, _, _, _ = screens.train_screen(seed=0, n=8, quick=True, anchor=50.0)
+    a, b, c = plain.state_dict(), weak.state_dict(), strong.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
 def _line_stage_moves(screens, train, blocks):
     """Which parameters (and which qkv rows) one quick line stage of this kind changes."""
     model, tok = load_course_model()
@@ -77,6 +87,10 @@ def test_the_screen_appends_its_entry_atomically_and_judges_it_against_the_recip
     assert "| 0 | recipe (no line stage) |" in printed and "| baseline |" in printed
     assert "8 examples, attention of blocks 1, before the mixed stage" in printed
     assert printed.count("| pass |") + printed.count("| fail: ") == 1  # judged against the quick recipe row
+    entry = screens.main(["--quick", "--n", "8", "--anchor", "10", "--out", str(out)])
+    assert entry["variant"]["anchor"] == 10.0
+    assert "8 examples, every weight, before the mixed stage, lr 0.001, anchored to its start (L2-SP 10)" in \
+        capsys.readouterr().out
 
 
 def _entry(genre, first, line, speakers, choice, n=32000):
