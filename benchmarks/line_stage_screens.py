@@ -19,7 +19,9 @@ A variant says which weights the line stage trains and where it runs:
 - ``--anchor``: L2-SP in the line stage (``utils.instruct.finetune_lm(anchor=...)``): after every step the trained
   weights are pulled toward their values before the stage by ``anchor`` x the step's learning rate, so that the
   stage keeps what the weights knew (the hypothesis: the genre answer is lost to the weights' drift, not to the
-  lookup itself).
+  lookup itself);
+- ``--mixed-scale K``: the mixed stage with K times the recipe's examples of every task (fresh draws, still one
+  epoch), i.e. K times its steps, all tasks together; with ``--n 0``, instead of a line stage.
 
 The stages run in the order of utils.instruct.train_instruct_model (a test checks that ``--train all --where
 before`` gives exactly its model); the weights are rounded to bfloat16 before scoring, as the saved model is
@@ -32,6 +34,7 @@ rule was first written with, from an earlier run; the verdicts printed here use 
     python benchmarks/line_stage_screens.py --seed 0 --n 0                  # the recipe (baseline row)
     python benchmarks/line_stage_screens.py --seed 0 --anchor 10 \
         --out benchmarks/results/line_stage_screens_anchor.json             # every weight, anchored (L2-SP)
+    python benchmarks/line_stage_screens.py --seed 0 --n 0 --mixed-scale 3  # no line stage, 3x the mixed stage
     python benchmarks/line_stage_screens.py --quick --out /tmp/quick.json  # a few examples per stage (tests)
 """
 
@@ -110,14 +113,17 @@ def freeze_for_line_stage(model: torch.nn.Module, train: str = "all", blocks: li
 
 def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
                  blocks: list[int] | None = None, where: str = "before", quick: bool = False, corpus=None,
-                 genre_lr: float | None = None, anchor: float = 0.0):
+                 genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1):
     """The recipe with a line stage of this variant (``n=0``: without one; ``genre_lr``: the genre stage's peak
-    learning rate instead of the recipe's; ``anchor``: L2-SP strength in the line stage, 0 = off). Returns
+    learning rate instead of the recipe's; ``anchor``: L2-SP strength in the line stage, 0 = off; ``mixed_scale``:
+    the mixed stage's examples of every task times this). Returns
     ``(model, tokenizer, n_trainable in the line stage, seconds)``, the model in eval mode, rounded to bfloat16."""
     if where not in WHERE:
         raise ValueError(f"where must be one of {WHERE}, got {where!r}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0 (line_speaker examples; 0 = no line stage), got {n!r}")
+    if not isinstance(mixed_scale, int) or mixed_scale < 1:
+        raise ValueError(f"mixed_scale must be an int >= 1 (times the mixed stage's examples), got {mixed_scale!r}")
     r = recipe(quick)
     corpus = corpus if corpus is not None else load_corpus()
     stage = {"n": n, "replay": replay, "epochs": 1.0, "lr": lr}
@@ -141,7 +147,8 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
 
     if n and where == "before":
         n_trainable = line_stage()
-    examples = instruct_training_set(corpus, r["n_per_task"], r["task_counts"], seed, r["balance_genres"])
+    counts = {t: c * mixed_scale for t, c in r["task_counts"].items()}
+    examples = instruct_training_set(corpus, r["n_per_task"] * mixed_scale, counts, seed, r["balance_genres"])
     finetune_lm(model, instruct_pairs(tok2, examples, True, model.config.block_size), epochs=r["epochs"],
                 lr=r["lr"], pad_id=tok2.special_tokens[EOT], seed=seed, progress=False)
     if n and where == "after":
@@ -156,12 +163,12 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
 
 def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
         blocks: list[int] | None = None, where: str = "before", quick: bool = False, threads: int = 2,
-        genre_lr: float | None = None, anchor: float = 0.0) -> dict:
+        genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1) -> dict:
     """Train one variant and score it on the validation plays; returns the entry the results file keeps."""
     torch.set_num_threads(threads)
     corpus = load_corpus()
     model, tok2, n_trainable, secs = train_screen(seed, n, lr, replay, train, blocks, where, quick, corpus, genre_lr,
-                                                  anchor)
+                                                  anchor, mixed_scale)
     per_task = QUICK["val_per_task"] if quick else INSTRUCT_RECIPE["test_per_task"]
     val = [e for e in instruction_data(corpus, "val", n_per_task=per_task, seed=INSTRUCT_RECIPE["test_seed"])
            if e.task in FACTUAL_TASKS]
@@ -181,6 +188,8 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant["genre_lr"] = genre_lr
     if anchor and n:
         variant["anchor"] = anchor
+    if mixed_scale != 1:
+        variant["mixed_scale"] = mixed_scale
     return {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
             "twin_pairs": len(twins), "same_answer": same, "run_as": "benchmarks/line_stage_screens.py",
@@ -188,9 +197,14 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
                             "date": time.strftime("%Y-%m-%d")}}
 
 
+def is_recipe(variant: dict) -> bool:
+    """Whether a screen's variant is the recipe itself (no line stage, the recipe's mixed stage)."""
+    return variant.get("n", 0) == 0 and variant.get("mixed_scale", 1) == 1
+
+
 def verdict(entry: dict, baseline: dict | None) -> str:
     """"pass" / "fail: ..." under RULE against the recipe's entry of the same seed; "no baseline" without one."""
-    if entry["variant"].get("n", 0) == 0:
+    if is_recipe(entry["variant"]):
         return "baseline"
     if baseline is None:
         return "no baseline"
@@ -204,24 +218,28 @@ def verdict(entry: dict, baseline: dict | None) -> str:
 
 
 def describe(variant: dict) -> str:
-    if variant.get("n", 0) == 0:
+    if is_recipe(variant):
         return "recipe (no line stage)"
+    scale = variant.get("mixed_scale", 1)
+    if variant.get("n", 0) == 0:
+        return f"no line stage, the mixed stage's examples x{scale}"
     blocks = "every block" if variant.get("blocks") is None else "blocks " + ", ".join(map(str, variant["blocks"]))
     what = {"all": "every weight", "attention": f"attention of {blocks}",
             "attention_qk": f"query/key rows of {blocks}"}[variant["train"]]
     extra = f", replay {variant['replay']}" if variant.get("replay") else ""
     extra += f", genre stage lr {variant['genre_lr']:g}" if variant.get("genre_lr") else ""
     extra += f", anchored to its start (L2-SP {variant['anchor']:g})" if variant.get("anchor") else ""
+    extra += f", the mixed stage's examples x{scale}" if scale != 1 else ""
     return f"{variant['n']:,} examples, {what}, {variant['where']} the mixed stage, lr {variant['lr']:g}{extra}"
 
 
 def table(screens: list[dict]) -> str:
     """Markdown: one row per screen (the recipe's rows first), with its verdict against the recipe of its seed."""
-    base = {(e["seed"], e["quick"]): e for e in screens if e["variant"].get("n", 0) == 0}
+    base = {(e["seed"], e["quick"]): e for e in screens if is_recipe(e["variant"])}
     rows = ["| seed | line stage | genre EM | first_speaker EM | line_speaker EM | speakers EM | line_speaker choice | "
             "same answer for twins | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    first = sorted((e for e in screens if e["variant"].get("n", 0) == 0), key=lambda e: (e["quick"], e["seed"]))
-    for e in first + [e for e in screens if e["variant"].get("n", 0) != 0]:  # the recipe rows first
+    first = sorted((e for e in screens if is_recipe(e["variant"])), key=lambda e: (e["quick"], e["seed"]))
+    for e in first + [e for e in screens if not is_recipe(e["variant"])]:  # the recipe rows first
         em = e["exact_match"]
         rows.append(f"| {e['seed']} | {describe(e['variant'])} | {em['genre']:.3f} | {em['first_speaker']:.3f} | "
                     f"{em['line_speaker']:.3f} | {em['speakers']:.3f} | {e['choice']['line_speaker']:.3f} | "
@@ -241,11 +259,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--genre-lr", type=float, default=None, help="the genre stage's lr (default: the recipe's)")
     ap.add_argument("--anchor", type=float, default=0.0,
                     help="L2-SP strength in the line stage: pull toward the start by anchor x lr per step (0: off)")
+    ap.add_argument("--mixed-scale", type=int, default=1,
+                    help="the mixed stage's examples of every task times this (1: the recipe's)")
     ap.add_argument("--quick", action="store_true", help="a few examples per stage (for the tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "line_stage_screens.json")
     a = ap.parse_args(argv)
-    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor)
+    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor,
+                a.mixed_scale)
     data = json.loads(a.out.read_text()) if a.out.exists() else {"rule": RULE, "screens": []}
     data["screens"].append(entry)
     a.out.parent.mkdir(parents=True, exist_ok=True)

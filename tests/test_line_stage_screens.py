@@ -116,7 +116,19 @@ def test_a_line_stage_of_an_unknown_kind_or_missing_block_is_refused(screens, kw
         screens.freeze_for_line_stage(model, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"where": "middle"}, "where must be one of"), ({"n": -1}, "n must be")])
+def test_a_scaled_mixed_stage_is_a_variant_not_the_recipe(screens):
+    assert screens.is_recipe({"n": 0}) and not screens.is_recipe({"n": 0, "mixed_scale": 3})
+    assert screens.describe({"n": 0, "mixed_scale": 3}) == "no line stage, the mixed stage's examples x3"
+    base = _entry(0.5, 0.745, 0.35, 0.285, 0.52, n=0)
+    scaled = {**_entry(0.49, 0.8, 0.5, 0.3, 0.61, n=0), "variant": {"n": 0, "mixed_scale": 3}}
+    assert screens.verdict(scaled, base) == "pass"  # judged like a line stage, not taken for the recipe row
+    rows = screens.table([{**scaled, "twin_pairs": 1, "same_answer": 0}, {**base, "twin_pairs": 1, "same_answer": 1}])
+    assert rows.splitlines()[2].startswith("| 0 | recipe (no line stage) |") and rows.endswith("| pass |")
+
+
+@pytest.mark.parametrize("kwargs, match", [({"where": "middle"}, "where must be one of"), ({"n": -1}, "n must be"),
+                                           ({"mixed_scale": 0}, "mixed_scale must be"),
+                                           ({"mixed_scale": 1.5}, "mixed_scale must be")])
 def test_a_screen_with_an_impossible_place_or_size_is_refused(screens, kwargs, match):
     with pytest.raises(ValueError, match=match):
         screens.train_screen(quick=True, **kwargs)

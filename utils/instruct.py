@@ -855,6 +855,11 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # above (every weight, before) with anchor 10 / 3 / 5 (the ladder fixed before the runs): choice 0.530 / 0.620 / 0.550,
 # genre 0.410 / 0.445 / 0.460. No pass (3 lost genre, 5 and 10 the lookup); at 10 genre fell although the lookup did
 # not form. Not adopted.
+# More steps (line_stage_screens.py --mixed-scale 3: the mixed stage's examples of every task x3, one epoch; same Xeon,
+# same recipe row, one rule fixed before each run, seed 0): without a line stage, choice 0.490 (no lookup) but genre
+# 0.540, first_speaker 0.870, speakers 0.560 (every other task up: an observation; no rule was fixed for adopting it);
+# after the attention line stage, choice 0.865 (the same name for both twins in 52 of 166 passages) but genre 0.360;
+# the same with the genre stage at lr 3e-4, choice 0.820, genre 0.340. Not adopted: the lookup and genre compete.
 INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800}, "balance_genres": True,
                    "epochs": 1.0, "lr": 1e-3, "genre_stage": {"n": 2400, "replay": 300, "epochs": 1.0, "lr": 1e-4},
                    "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
