@@ -860,6 +860,10 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # 0.540, first_speaker 0.870, speakers 0.560 (every other task up: an observation; no rule was fixed for adopting it);
 # after the attention line stage, choice 0.865 (the same name for both twins in 52 of 166 passages) but genre 0.360;
 # the same with the genre stage at lr 3e-4, choice 0.820, genre 0.340. Not adopted: the lookup and genre compete.
+# Mixed x3 without a line stage as a recipe for the other tasks (a rule written before its seed-1 run: genre,
+# first_speaker and speakers >= the same-seed recipe row at seeds 0 and 1, choice within 0.05): at seed 1 (recipe row on
+# this Xeon: genre 0.550, first_speaker 0.780, speakers 0.255) it scored 0.540, 0.885, 0.510: genre 0.010 short, so not
+# adopted, although first_speaker and speakers rose at both seeds.
 INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800}, "balance_genres": True,
                    "epochs": 1.0, "lr": 1e-3, "genre_stage": {"n": 2400, "replay": 300, "epochs": 1.0, "lr": 1e-4},
                    "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
