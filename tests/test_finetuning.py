@@ -365,7 +365,7 @@ def test_finetune_anchor_pulls_each_step_toward_the_start_by_anchor_times_lr():
     assert 0 < dist(anchored) < 0.9 * dist(free)
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1"])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1", True])
 def test_finetune_anchor_rejects_a_negative_or_non_finite_strength(bad):
     from utils.instruct import finetune_lm
 
