@@ -21,7 +21,10 @@ A variant says which weights the line stage trains and where it runs:
   stage keeps what the weights knew (the hypothesis: the genre answer is lost to the weights' drift, not to the
   lookup itself);
 - ``--mixed-scale K``: the mixed stage with K times the recipe's examples of every task (fresh draws, still one
-  epoch), i.e. K times its steps, all tasks together; with ``--n 0``, instead of a line stage.
+  epoch), i.e. K times its steps, all tasks together; with ``--n 0``, instead of a line stage;
+- ``--mixed-count line_speaker=N genre=M``: these tasks' examples in the mixed stage (default: the recipe's times
+  ``--mixed-scale``); with ``--n 0`` and many line_speaker examples, the lookup's steps *interleaved* with every
+  other task's instead of a stage of their own.
 
 The stages run in the order of utils.instruct.train_instruct_model (a test checks that ``--train all --where
 before`` gives exactly its model); the weights are rounded to bfloat16 before scoring, as the saved model is
@@ -35,6 +38,7 @@ rule was first written with, from an earlier run; the verdicts printed here use 
     python benchmarks/line_stage_screens.py --seed 0 --anchor 10 \
         --out benchmarks/results/line_stage_screens_anchor.json             # every weight, anchored (L2-SP)
     python benchmarks/line_stage_screens.py --seed 0 --n 0 --mixed-scale 3  # no line stage, 3x the mixed stage
+    python benchmarks/line_stage_screens.py --seed 0 --n 0 --mixed-scale 3 --mixed-count line_speaker=32000
     python benchmarks/line_stage_screens.py --quick --out /tmp/quick.json  # a few examples per stage (tests)
 """
 
@@ -55,7 +59,7 @@ from utils.data import load_corpus  # noqa: E402
 from utils.instruct import (EOT, FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy,  # noqa: E402
                             choice_picks, finetune_lm, instruct_pairs, instruct_training_set, instruction_data,
                             line_stage_set, line_twin, prepare_instruct_model, run_genre_stage, run_line_stage,
-                            score_tasks)
+                            TASKS, score_tasks)
 from utils.pretrain import load_course_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,10 +117,12 @@ def freeze_for_line_stage(model: torch.nn.Module, train: str = "all", blocks: li
 
 def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
                  blocks: list[int] | None = None, where: str = "before", quick: bool = False, corpus=None,
-                 genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1):
+                 genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1,
+                 mixed_counts: dict | None = None):
     """The recipe with a line stage of this variant (``n=0``: without one; ``genre_lr``: the genre stage's peak
     learning rate instead of the recipe's; ``anchor``: L2-SP strength in the line stage, 0 = off; ``mixed_scale``:
-    the mixed stage's examples of every task times this). Returns
+    the mixed stage's examples of every task times this; ``mixed_counts``: {task: examples} in the mixed stage
+    instead of the recipe's times ``mixed_scale``). Returns
     ``(model, tokenizer, n_trainable in the line stage, seconds)``, the model in eval mode, rounded to bfloat16."""
     if where not in WHERE:
         raise ValueError(f"where must be one of {WHERE}, got {where!r}")
@@ -124,6 +130,12 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
         raise ValueError(f"n must be an int >= 0 (line_speaker examples; 0 = no line stage), got {n!r}")
     if not isinstance(mixed_scale, int) or mixed_scale < 1:
         raise ValueError(f"mixed_scale must be an int >= 1 (times the mixed stage's examples), got {mixed_scale!r}")
+    mixed_counts = dict(mixed_counts or {})
+    bad = {t: c for t, c in mixed_counts.items()
+           if t not in TASKS or not isinstance(c, int) or isinstance(c, bool) or c < 1}
+    if bad:
+        raise ValueError(f"mixed_counts must map tasks of {TASKS} to ints >= 1 (examples in the mixed stage), "
+                         f"got {bad!r}")
     r = recipe(quick)
     corpus = corpus if corpus is not None else load_corpus()
     stage = {"n": n, "replay": replay, "epochs": 1.0, "lr": lr}
@@ -148,6 +160,7 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
     if n and where == "before":
         n_trainable = line_stage()
     counts = {t: c * mixed_scale for t, c in r["task_counts"].items()}
+    counts.update(mixed_counts)
     examples = instruct_training_set(corpus, r["n_per_task"] * mixed_scale, counts, seed, r["balance_genres"])
     finetune_lm(model, instruct_pairs(tok2, examples, True, model.config.block_size), epochs=r["epochs"],
                 lr=r["lr"], pad_id=tok2.special_tokens[EOT], seed=seed, progress=False)
@@ -163,12 +176,13 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
 
 def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
         blocks: list[int] | None = None, where: str = "before", quick: bool = False, threads: int = 2,
-        genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1) -> dict:
+        genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1,
+        mixed_counts: dict | None = None) -> dict:
     """Train one variant and score it on the validation plays; returns the entry the results file keeps."""
     torch.set_num_threads(threads)
     corpus = load_corpus()
     model, tok2, n_trainable, secs = train_screen(seed, n, lr, replay, train, blocks, where, quick, corpus, genre_lr,
-                                                  anchor, mixed_scale)
+                                                  anchor, mixed_scale, mixed_counts)
     per_task = QUICK["val_per_task"] if quick else INSTRUCT_RECIPE["test_per_task"]
     val = [e for e in instruction_data(corpus, "val", n_per_task=per_task, seed=INSTRUCT_RECIPE["test_seed"])
            if e.task in FACTUAL_TASKS]
@@ -190,6 +204,8 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant["anchor"] = anchor
     if mixed_scale != 1:
         variant["mixed_scale"] = mixed_scale
+    if mixed_counts:
+        variant["mixed_counts"] = dict(mixed_counts)
     return {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
             "twin_pairs": len(twins), "same_answer": same, "run_as": "benchmarks/line_stage_screens.py",
@@ -199,7 +215,7 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
 
 def is_recipe(variant: dict) -> bool:
     """Whether a screen's variant is the recipe itself (no line stage, the recipe's mixed stage)."""
-    return variant.get("n", 0) == 0 and variant.get("mixed_scale", 1) == 1
+    return variant.get("n", 0) == 0 and variant.get("mixed_scale", 1) == 1 and not variant.get("mixed_counts")
 
 
 def verdict(entry: dict, baseline: dict | None) -> str:
@@ -221,8 +237,9 @@ def describe(variant: dict) -> str:
     if is_recipe(variant):
         return "recipe (no line stage)"
     scale = variant.get("mixed_scale", 1)
+    line = "".join(f", its {t} examples {c:,}" for t, c in variant.get("mixed_counts", {}).items())
     if variant.get("n", 0) == 0:
-        return f"no line stage, the mixed stage's examples x{scale}"
+        return f"no line stage, the mixed stage's examples x{scale}{line}"
     blocks = "every block" if variant.get("blocks") is None else "blocks " + ", ".join(map(str, variant["blocks"]))
     what = {"all": "every weight", "attention": f"attention of {blocks}",
             "attention_qk": f"query/key rows of {blocks}"}[variant["train"]]
@@ -230,6 +247,7 @@ def describe(variant: dict) -> str:
     extra += f", genre stage lr {variant['genre_lr']:g}" if variant.get("genre_lr") else ""
     extra += f", anchored to its start (L2-SP {variant['anchor']:g})" if variant.get("anchor") else ""
     extra += f", the mixed stage's examples x{scale}" if scale != 1 else ""
+    extra += line
     return f"{variant['n']:,} examples, {what}, {variant['where']} the mixed stage, lr {variant['lr']:g}{extra}"
 
 
@@ -247,6 +265,17 @@ def table(screens: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def parse_counts(items: list[str]) -> dict:
+    """``["line_speaker=32000", "genre=14400"]`` -> ``{"line_speaker": 32000, "genre": 14400}``."""
+    out = {}
+    for item in items:
+        task, _, n = item.partition("=")
+        if not n.strip().isdigit():
+            raise SystemExit(f"--mixed-count takes TASK=N with N a whole number, e.g. line_speaker=32000; got {item!r}")
+        out[task.strip()] = int(n)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -261,12 +290,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="L2-SP strength in the line stage: pull toward the start by anchor x lr per step (0: off)")
     ap.add_argument("--mixed-scale", type=int, default=1,
                     help="the mixed stage's examples of every task times this (1: the recipe's)")
+    ap.add_argument("--mixed-count", nargs="+", default=[], metavar="TASK=N",
+                    help="these tasks' examples in the mixed stage (default: the recipe's times --mixed-scale)")
     ap.add_argument("--quick", action="store_true", help="a few examples per stage (for the tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "line_stage_screens.json")
     a = ap.parse_args(argv)
     entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor,
-                a.mixed_scale)
+                a.mixed_scale, parse_counts(a.mixed_count))
     data = json.loads(a.out.read_text()) if a.out.exists() else {"rule": RULE, "screens": []}
     data["screens"].append(entry)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,9 +126,36 @@ def test_a_scaled_mixed_stage_is_a_variant_not_the_recipe(screens):
     assert rows.splitlines()[2].startswith("| 0 | recipe (no line stage) |") and rows.endswith("| pass |")
 
 
+def test_the_mixed_stage_gets_mixed_counts_examples_of_those_tasks_and_the_recipe_counts_for_the_rest(screens,
+                                                                                                    monkeypatch):
+    seen = []
+    real = screens.instruct_training_set
+
+    def spy(corpus, n_per_task, task_counts=None, seed=0, balance_genres=False):
+        seen.append((n_per_task, dict(task_counts)))
+        return real(corpus, n_per_task, task_counts, seed, balance_genres)
+
+    monkeypatch.setattr(screens, "instruct_training_set", spy)
+    n = screens.recipe(quick=True)["n_per_task"]
+    screens.train_screen(seed=0, n=0, quick=True, mixed_scale=2, mixed_counts={"line_speaker": 7, "genre": 6})
+    screens.train_screen(seed=0, n=0, quick=True, mixed_scale=2)
+    assert seen == [(2 * n, {"line_speaker": 7, "genre": 6}), (2 * n, {})]
+    variant = {"n": 0, "mixed_scale": 3, "mixed_counts": {"line_speaker": 32000, "genre": 14400}}
+    assert not screens.is_recipe(variant) and not screens.is_recipe({"n": 0, "mixed_counts": {"line_speaker": 4800}})
+    assert screens.describe(variant) == ("no line stage, the mixed stage's examples x3, its line_speaker examples "
+                                         "32,000, its genre examples 14,400")
+    assert screens.parse_counts(["line_speaker=32000", "genre=14400"]) == variant["mixed_counts"]
+    with pytest.raises(SystemExit, match="TASK=N"):
+        screens.parse_counts(["line_speaker:32000"])
+
+
 @pytest.mark.parametrize("kwargs, match", [({"where": "middle"}, "where must be one of"), ({"n": -1}, "n must be"),
                                            ({"mixed_scale": 0}, "mixed_scale must be"),
-                                           ({"mixed_scale": 1.5}, "mixed_scale must be")])
+                                           ({"mixed_scale": 1.5}, "mixed_scale must be"),
+                                           ({"mixed_counts": {"line_speaker": 0}}, "mixed_counts must map"),
+                                           ({"mixed_counts": {"line_speaker": True}}, "mixed_counts must map"),
+                                           ({"mixed_counts": {"line_speaker": 3.0}}, "mixed_counts must map"),
+                                           ({"mixed_counts": {"who_speaks": 3}}, "mixed_counts must map")])
 def test_a_screen_with_an_impossible_place_or_size_is_refused(screens, kwargs, match):
     with pytest.raises(ValueError, match=match):
         screens.train_screen(quick=True, **kwargs)
