@@ -24,7 +24,10 @@ A variant says which weights the line stage trains and where it runs:
   epoch), i.e. K times its steps, all tasks together; with ``--n 0``, instead of a line stage;
 - ``--mixed-count line_speaker=N genre=M``: these tasks' examples in the mixed stage (default: the recipe's times
   ``--mixed-scale``); with ``--n 0`` and many line_speaker examples, the lookup's steps *interleaved* with every
-  other task's instead of a stage of their own.
+  other task's instead of a stage of their own;
+- ``--base PATH``: another base model than the course model (e.g. one with twice the blocks, ``python -m
+  utils.pretrain --n-layer 8 --out PATH``): does the competition between tasks go away with more capacity? Its
+  screens belong in a results file of their own, with that base's recipe row.
 
 The stages run in the order of utils.instruct.train_instruct_model (a test checks that ``--train all --where
 before`` gives exactly its model); the weights are rounded to bfloat16 before scoring, as the saved model is
@@ -39,6 +42,9 @@ rule was first written with, from an earlier run; the verdicts printed here use 
         --out benchmarks/results/line_stage_screens_anchor.json             # every weight, anchored (L2-SP)
     python benchmarks/line_stage_screens.py --seed 0 --n 0 --mixed-scale 3  # no line stage, 3x the mixed stage
     python benchmarks/line_stage_screens.py --seed 0 --n 0 --mixed-scale 3 --mixed-count line_speaker=32000
+    python -m utils.pretrain --n-layer 8 --out /tmp/course8-gpt.pt           # a base with twice the blocks, then:
+    python benchmarks/line_stage_screens.py --seed 0 --n 0 --base /tmp/course8-gpt.pt \
+        --out benchmarks/results/line_stage_screens_base8.json              # its recipe row (and its variants)
     python benchmarks/line_stage_screens.py --quick --out /tmp/quick.json  # a few examples per stage (tests)
 """
 
@@ -118,11 +124,11 @@ def freeze_for_line_stage(model: torch.nn.Module, train: str = "all", blocks: li
 def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
                  blocks: list[int] | None = None, where: str = "before", quick: bool = False, corpus=None,
                  genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1,
-                 mixed_counts: dict | None = None):
+                 mixed_counts: dict | None = None, base: Path | None = None):
     """The recipe with a line stage of this variant (``n=0``: without one; ``genre_lr``: the genre stage's peak
     learning rate instead of the recipe's; ``anchor``: L2-SP strength in the line stage, 0 = off; ``mixed_scale``:
     the mixed stage's examples of every task times this; ``mixed_counts``: {task: examples} in the mixed stage
-    instead of the recipe's times ``mixed_scale``). Returns
+    instead of the recipe's times ``mixed_scale``; ``base``: a base model's checkpoint instead of the course model). Returns
     ``(model, tokenizer, n_trainable in the line stage, seconds)``, the model in eval mode, rounded to bfloat16."""
     if where not in WHERE:
         raise ValueError(f"where must be one of {WHERE}, got {where!r}")
@@ -140,7 +146,7 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
     corpus = corpus if corpus is not None else load_corpus()
     stage = {"n": n, "replay": replay, "epochs": 1.0, "lr": lr}
     t0 = time.perf_counter()
-    model, tok = load_course_model()
+    model, tok = load_course_model(base) if base is not None else load_course_model()
     tok2 = prepare_instruct_model(model, tok, r["method"])
     n_trainable = 0
 
@@ -177,12 +183,12 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
 def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
         blocks: list[int] | None = None, where: str = "before", quick: bool = False, threads: int = 2,
         genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1,
-        mixed_counts: dict | None = None) -> dict:
+        mixed_counts: dict | None = None, base: Path | None = None) -> dict:
     """Train one variant and score it on the validation plays; returns the entry the results file keeps."""
     torch.set_num_threads(threads)
     corpus = load_corpus()
     model, tok2, n_trainable, secs = train_screen(seed, n, lr, replay, train, blocks, where, quick, corpus, genre_lr,
-                                                  anchor, mixed_scale, mixed_counts)
+                                                  anchor, mixed_scale, mixed_counts, base)
     per_task = QUICK["val_per_task"] if quick else INSTRUCT_RECIPE["test_per_task"]
     val = [e for e in instruction_data(corpus, "val", n_per_task=per_task, seed=INSTRUCT_RECIPE["test_seed"])
            if e.task in FACTUAL_TASKS]
@@ -206,11 +212,16 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant["mixed_scale"] = mixed_scale
     if mixed_counts:
         variant["mixed_counts"] = dict(mixed_counts)
-    return {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
+    entry = {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
             "twin_pairs": len(twins), "same_answer": same, "run_as": "benchmarks/line_stage_screens.py",
             "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                             "date": time.strftime("%Y-%m-%d")}}
+    if base is not None:  # which base, so that its rows are never judged against another base's recipe row
+        c = model.config
+        entry["base"] = {"checkpoint": Path(base).name, "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
+                         "parameters": sum(p.numel() for p in model.parameters())}
+    return entry
 
 
 def is_recipe(variant: dict) -> bool:
@@ -292,13 +303,19 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the mixed stage's examples of every task times this (1: the recipe's)")
     ap.add_argument("--mixed-count", nargs="+", default=[], metavar="TASK=N",
                     help="these tasks' examples in the mixed stage (default: the recipe's times --mixed-scale)")
+    ap.add_argument("--base", type=Path, default=None, help="another base model's checkpoint (default: the course model)")
     ap.add_argument("--quick", action="store_true", help="a few examples per stage (for the tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "line_stage_screens.json")
     a = ap.parse_args(argv)
-    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor,
-                a.mixed_scale, parse_counts(a.mixed_count))
     data = json.loads(a.out.read_text()) if a.out.exists() else {"rule": RULE, "screens": []}
+    mine = a.base.name if a.base is not None else None
+    theirs = {(e.get("base") or {}).get("checkpoint") for e in data["screens"] if not e["quick"]}
+    if not a.quick and theirs - {mine}:  # the verdicts compare rows of one file: one base per file (checked first)
+        raise SystemExit(f"{a.out} holds screens of another base model ({sorted(map(str, theirs))}); write the "
+                         f"screens of base {mine or 'the course model'} to a file of their own (--out)")
+    entry = run(a.seed, a.n, a.lr, a.replay, a.train, a.blocks, a.where, a.quick, a.threads, a.genre_lr, a.anchor,
+                a.mixed_scale, parse_counts(a.mixed_count), a.base)
     data["screens"].append(entry)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")

@@ -1,5 +1,6 @@
 """benchmarks/line_stage_screens.py: the recipe with a line stage, screened on the validation plays (quick runs)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -159,3 +160,26 @@ def test_the_mixed_stage_gets_mixed_counts_examples_of_those_tasks_and_the_recip
 def test_a_screen_with_an_impossible_place_or_size_is_refused(screens, kwargs, match):
     with pytest.raises(ValueError, match=match):
         screens.train_screen(quick=True, **kwargs)
+
+
+def test_a_screen_on_another_base_records_which_base_it_trained(screens, tmp_path):
+    from utils.pretrain import CHECKPOINT_PATH, TOKENIZER_PATH
+
+    shutil.copy(CHECKPOINT_PATH, tmp_path / "other-gpt.pt")  # the course model under another name: a valid base
+    shutil.copy(TOKENIZER_PATH, tmp_path / "other-tokenizer.json")
+    entry = screens.run(seed=0, n=0, quick=True, base=tmp_path / "other-gpt.pt")
+    assert entry["base"] == {"checkpoint": "other-gpt.pt", "n_layer": 4, "n_head": 4, "n_embd": 192,
+                             "parameters": entry["base"]["parameters"]}
+    assert entry["base"]["parameters"] > 2_000_000
+    assert "base" not in screens.run(seed=0, n=0, quick=True)  # the course model: no base field
+
+
+@pytest.mark.parametrize("in_file, asked", [(None, ["--base", "other-gpt.pt"]), ("other-gpt.pt", []),
+                                            ("other-gpt.pt", ["--base", "third-gpt.pt"])])
+def test_screens_of_two_base_models_are_refused_in_one_file_before_any_training(screens, tmp_path, in_file, asked):
+    out = tmp_path / "screens.json"
+    row = {**_entry(0.5, 0.745, 0.35, 0.285, 0.52, n=0), **({"base": {"checkpoint": in_file}} if in_file else {})}
+    out.write_text(json.dumps({"rule": screens.RULE, "screens": [row]}))
+    with pytest.raises(SystemExit, match="another base model"):
+        screens.main(["--n", "0", "--out", str(out), *asked])  # would train for minutes if not refused first
+    assert json.loads(out.read_text())["screens"] == [row]

@@ -869,6 +869,10 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # (line_speaker 32,000 among 7,200 of every other task): choice 0.770, first_speaker 0.900, speakers 0.530, but genre
 # 0.435 (sequential: 0.360). With genre's share of the stage restored (genre 14,400): genre 0.405, choice 0.590. Not
 # adopted: interleaving shrinks the genre cost but does not remove it, and more genre examples do not buy it back.
+# Capacity (line_stage_screens.py --base, results/line_stage_screens_base8.json): the interleaved variant on a base
+# with twice the blocks (python -m utils.pretrain --n-layer 8; 3.9M parameters), against that base's recipe rows.
+# Seed 0: genre 0.555 (its recipe 0.555), choice 0.655 (0.495): pass. Seed 1: genre 0.480 (0.505), choice 0.530
+# (0.500): the lookup did not form. Genre held at both seeds, the lookup at one: capacity is a candidate, not shown.
 INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800}, "balance_genres": True,
                    "epochs": 1.0, "lr": 1e-3, "genre_stage": {"n": 2400, "replay": 300, "epochs": 1.0, "lr": 1e-4},
                    "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
