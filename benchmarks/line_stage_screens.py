@@ -283,6 +283,8 @@ def parse_counts(items: list[str]) -> dict:
         task, _, n = item.partition("=")
         if not n.strip().isdigit():
             raise SystemExit(f"--mixed-count takes TASK=N with N a whole number, e.g. line_speaker=32000; got {item!r}")
+        if task.strip() in out:  # a second count for one task would silently replace the first
+            raise SystemExit(f"--mixed-count names {task.strip()!r} twice; give each task one count")
         out[task.strip()] = int(n)
     return out
 

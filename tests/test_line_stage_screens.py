@@ -148,6 +148,8 @@ def test_the_mixed_stage_gets_mixed_counts_examples_of_those_tasks_and_the_recip
     assert screens.parse_counts(["line_speaker=32000", "genre=14400"]) == variant["mixed_counts"]
     with pytest.raises(SystemExit, match="TASK=N"):
         screens.parse_counts(["line_speaker:32000"])
+    with pytest.raises(SystemExit, match="twice"):
+        screens.parse_counts(["line_speaker=32000", "line_speaker=16000"])
 
 
 @pytest.mark.parametrize("kwargs, match", [({"where": "middle"}, "where must be one of"), ({"n": -1}, "n must be"),
