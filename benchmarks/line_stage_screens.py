@@ -6,6 +6,9 @@ the recipe (utils.instruct.INSTRUCT_RECIPE) with an extra **line stage** of line
 (utils.instruct.line_stage_set, data seed + 2) and scores the result on the *validation* plays (where recipes are
 chosen; never the test plays): exact match of the four factual tasks, best-scored choice, and the counterfactual
 twins (utils.instruct.line_twin: how often the model gives the same name when the other speech's line is quoted).
+Each entry also keeps ``genre_picks`` (:func:`genre_picks`): which genre the model picks for each true genre, and its
+genre accuracy with each answer's prior removed, to tell a genre answer that leans one way from one that no longer
+reads the passage.
 
 A variant says which weights the line stage trains and where it runs:
 
@@ -63,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.moe import cpu_name  # noqa: E402
 from utils.data import load_corpus  # noqa: E402
 from utils.instruct import (EOT, FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy,  # noqa: E402
-                            choice_picks, finetune_lm, instruct_pairs, instruct_training_set, instruction_data,
+                            choice_picks, choice_scores, finetune_lm, instruct_pairs, instruct_training_set, instruction_data,
                             line_stage_set, line_twin, prepare_instruct_model, run_genre_stage, run_line_stage,
                             TASKS, score_tasks)
 from utils.pretrain import load_course_model  # noqa: E402
@@ -180,6 +183,38 @@ def train_screen(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 
     return model, tok2, n_trainable, time.perf_counter() - t0
 
 
+def genre_picks(examples: list, scores: list[list[float]]) -> dict:
+    """What the model picks on the genre items, to tell a lost answer from a moved prior.
+
+    ``examples``: genre items (with ``choices`` and the true ``response``); ``scores``: their
+    :func:`utils.instruct.choice_scores`. Returns ``confusion`` ({true genre: {picked genre: count}}), ``picked``
+    (the share of items each genre is picked for), ``choice`` (best-scored accuracy) and ``calibrated_choice``: the
+    accuracy after each genre's score has its mean over these items subtracted, i.e. with the prior the model gives
+    that answer whatever the passage removed (no label is used). If a screen loses ``choice`` but keeps
+    ``calibrated_choice``, the passages' evidence survived and only the prior moved."""
+    if len(examples) != len(scores) or not examples:
+        raise ValueError(f"need one score list per genre item, got {len(examples)} items and {len(scores)} scores")
+    sums: dict[str, list[float]] = {}
+    for e, sc in zip(examples, scores):
+        if len(sc) != len(e.choices):
+            raise ValueError(f"an item has {len(e.choices)} choices but {len(sc)} scores")
+        for c, v in zip(e.choices, sc):
+            sums.setdefault(c, []).append(v)
+    prior = {c: sum(v) / len(v) for c, v in sums.items()}
+    confusion: dict[str, dict[str, int]] = {}
+    hits = calibrated = 0
+    for e, sc in zip(examples, scores):
+        pick = e.choices[max(range(len(sc)), key=sc.__getitem__)]
+        adj = [v - prior[c] for c, v in zip(e.choices, sc)]
+        confusion.setdefault(e.response, {}).setdefault(pick, 0)
+        confusion[e.response][pick] += 1
+        hits += pick == e.response
+        calibrated += e.choices[max(range(len(adj)), key=adj.__getitem__)] == e.response
+    n = len(examples)
+    picked = {c: sum(row.get(c, 0) for row in confusion.values()) / n for c in sorted(prior)}
+    return {"confusion": confusion, "picked": picked, "choice": hits / n, "calibrated_choice": calibrated / n}
+
+
 def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train: str = "all",
         blocks: list[int] | None = None, where: str = "before", quick: bool = False, threads: int = 2,
         genre_lr: float | None = None, anchor: float = 0.0, mixed_scale: int = 1,
@@ -194,6 +229,8 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
            if e.task in FACTUAL_TASKS]
     em = {t: d["exact_match"] for t, d in score_tasks(model, tok2, INSTRUCT_TEMPLATE, val).items()}
     choice = choice_accuracy(model, tok2, INSTRUCT_TEMPLATE, val)
+    genres = [e for e in val if e.task == "genre"]
+    picks = genre_picks(genres, choice_scores(model, tok2, INSTRUCT_TEMPLATE, genres))
     twins = [(e, line_twin(e)) for e in val if e.task == "line_speaker"]
     twins = [(a, b) for a, b in twins if b is not None]
     same = 0
@@ -214,7 +251,7 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant["mixed_counts"] = dict(mixed_counts)
     entry = {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
-            "twin_pairs": len(twins), "same_answer": same, "run_as": "benchmarks/line_stage_screens.py",
+            "twin_pairs": len(twins), "same_answer": same, "genre_picks": picks, "run_as": "benchmarks/line_stage_screens.py",
             "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                             "date": time.strftime("%Y-%m-%d")}}
     if base is not None:  # which base, so that its rows are never judged against another base's recipe row
@@ -276,6 +313,22 @@ def table(screens: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def genre_table(screens: list[dict]) -> str:
+    """Markdown: for the screens that recorded ``genre_picks`` (from this option on), how often each genre is
+    picked, the best-scored genre accuracy and the accuracy with each answer's prior removed."""
+    rows = [e for e in screens if e.get("genre_picks")]
+    if not rows:
+        return ""
+    names = sorted(rows[0]["genre_picks"]["picked"])
+    out = ["| seed | line stage | " + " | ".join(f"picks {g}" for g in names) + " | genre choice | calibrated |",
+           "|---|---|" + "---|" * (len(names) + 2)]
+    for e in rows:
+        g = e["genre_picks"]
+        out.append(f"| {e['seed']} | {describe(e['variant'])} | " + " | ".join(f"{g['picked'].get(c, 0):.2f}"
+                   for c in names) + f" | {g['choice']:.3f} | {g['calibrated_choice']:.3f} |")
+    return "\n".join(out)
+
+
 def parse_counts(items: list[str]) -> dict:
     """``["line_speaker=32000", "genre=14400"]`` -> ``{"line_speaker": 32000, "genre": 14400}``."""
     out = {}
@@ -324,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(a.out)  # atomic: a killed run leaves the old file
     print(table(data["screens"]))
+    if genre_table(data["screens"]):
+        print("\nGenre picks (validation plays):\n" + genre_table(data["screens"]))
     return entry
 
 

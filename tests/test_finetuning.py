@@ -483,10 +483,10 @@ def test_line_twin_quotes_the_other_speech_and_flips_the_answer(corpus_and_tok):
         line_twin(Example("line_speaker", e.instruction, e.input, "TITANIA", "x"))
 
 
-def test_choice_picks_is_the_choice_with_the_highest_response_logprob_in_any_batch_size(corpus_and_tok):
+def test_choice_scores_are_each_choices_response_logprob_and_picks_their_argmax_in_any_batch_size(corpus_and_tok):
     from utils.dpo import response_logprobs
     from utils.instruct import (EOT, INSTRUCT_TEMPLATE, Example, batch_examples, choice_accuracy, choice_picks,
-                                encode_example, instruction_data)
+                                choice_scores, encode_example, instruction_data)
     from utils.pretrain import load_course_model
 
     corpus, _ = corpus_and_tok
@@ -498,18 +498,23 @@ def test_choice_picks_is_the_choice_with_the_highest_response_logprob_in_any_bat
     es = [e for e in instruction_data(corpus, "val", n_per_task=6, seed=2) if e.choices][:10]
     picks = choice_picks(model, tok, INSTRUCT_TEMPLATE, es, batch_size=3)
     assert picks == choice_picks(model, tok, INSTRUCT_TEMPLATE, es, batch_size=64)
-    for e, pick in zip(es, picks):  # one example at a time, by hand
+    scores = choice_scores(model, tok, INSTRUCT_TEMPLATE, es, batch_size=4)
+    assert [len(s) for s in scores] == [len(e.choices) for e in es]
+    for e, pick, sc in zip(es, picks, scores):  # one example at a time, by hand
         with torch.no_grad():
             lp = [float(response_logprobs(model, *batch_examples([encode_example(
                 tok, INSTRUCT_TEMPLATE, e.instruction, e.input, c, max_len=model.config.block_size)],
                 tok.special_tokens[EOT]))[0]) for c in e.choices]
         assert pick == e.choices[max(range(len(lp)), key=lp.__getitem__)]
+        assert sc == pytest.approx(lp, abs=1e-4)
     acc = choice_accuracy(model, tok, INSTRUCT_TEMPLATE, es)
     for task, value in acc.items():
         mine = [p == e.response for e, p in zip(es, picks) if e.task == task]
         assert value == sum(mine) / len(mine)
     with pytest.raises(ValueError, match="choices"):
         choice_picks(model, tok, INSTRUCT_TEMPLATE, [Example("continue", "Continue.", "a", "b", "x")])
+    with pytest.raises(ValueError, match="choices"):
+        choice_scores(model, tok, INSTRUCT_TEMPLATE, [])
 
 
 def test_genre_dataset_is_split_by_play_balanced_and_right_padded(corpus_and_tok):

@@ -84,7 +84,11 @@ def test_the_screen_appends_its_entry_atomically_and_judges_it_against_the_recip
     assert set(entry["exact_match"]) == {"genre", "first_speaker", "line_speaker", "speakers"}
     assert all(0.0 <= v <= 1.0 for v in entry["choice"].values()) and entry["val_per_task"] == 4
     assert not out.with_suffix(".tmp").exists()
+    picks = entry["genre_picks"]  # the genre items' picks, from the same scores as the choice accuracy
+    assert sum(sum(row.values()) for row in picks["confusion"].values()) == 4
+    assert sum(picks["picked"].values()) == pytest.approx(1.0) and picks["choice"] == entry["choice"]["genre"]
     printed = capsys.readouterr().out
+    assert "Genre picks (validation plays):" in printed and "| calibrated |" in printed
     assert "| 0 | recipe (no line stage) |" in printed and "| baseline |" in printed
     assert "8 examples, attention of blocks 1, before the mixed stage" in printed
     assert printed.count("| pass |") + printed.count("| fail: ") == 1  # judged against the quick recipe row
@@ -92,6 +96,27 @@ def test_the_screen_appends_its_entry_atomically_and_judges_it_against_the_recip
     assert entry["variant"]["anchor"] == 10.0
     assert "8 examples, every weight, before the mixed stage, lr 0.001, anchored to its start (L2-SP 10)" in \
         capsys.readouterr().out
+
+
+def test_genre_picks_tell_a_moved_prior_from_a_lost_answer(screens):
+    from utils.instruct import Example
+
+    genres = ("comedy", "history", "tragedy")
+    items = [Example("genre", "Which?", f"passage {i}", genres[i % 3], "play", genres) for i in range(9)]
+    # evidence +1 on the true genre, and a prior of +5 on "comedy" whatever the passage: every item is "comedy"
+    moved = [[1.0 * (g == e.response) + 5.0 * (g == "comedy") for g in genres] for e in items]
+    got = screens.genre_picks(items, moved)
+    assert got["choice"] == pytest.approx(3 / 9) and got["calibrated_choice"] == 1.0
+    assert got["picked"] == {"comedy": 1.0, "history": 0.0, "tragedy": 0.0}
+    assert got["confusion"] == {"comedy": {"comedy": 3}, "history": {"comedy": 3}, "tragedy": {"comedy": 3}}
+    # no evidence at all (the true genre scores like the others): removing the prior does not bring it back
+    lost = [[5.0 * (g == "comedy") + 0.1 * ((i + k) % 3) for k, g in enumerate(genres)] for i, e in enumerate(items)]
+    got = screens.genre_picks(items, lost)
+    assert got["calibrated_choice"] <= 1 / 3 + 1e-9
+    with pytest.raises(ValueError, match="one score list per genre item"):
+        screens.genre_picks(items, moved[:-1])
+    with pytest.raises(ValueError, match="3 choices but 2 scores"):
+        screens.genre_picks(items[:1], [[0.0, 1.0]])
 
 
 def _entry(genre, first, line, speakers, choice, n=32000):

@@ -25,7 +25,7 @@ __all__ = ["Template", "INSTRUCT_TEMPLATE", "CHAT_TEMPLATE", "CHAT_SPECIALS", "r
            "finetune_lm", "example_mean_loss", "answer", "answer_batch", "exact_match", "task_baselines", "choice_accuracy",
            "EXTRACTIVE_TASKS", "join_names", "split_names", "names_f1", "score_tasks", "INSTRUCT_METHODS", "INSTRUCT_LORA",
            "INSTRUCT_LR", "INSTRUCT_RECIPE", "INSTRUCT_SEEDS", "instruct_training_set", "response_loss", "train_new_token_rows", "prepare_instruct_model", "instruct_pairs", "train_instruct_model",
-           "genre_stage_set", "run_genre_stage", "line_twin", "choice_picks"]
+           "genre_stage_set", "run_genre_stage", "line_twin", "choice_picks", "choice_scores"]
 
 EOT = "<|endoftext|>"
 CHAT_SPECIALS = ("<|user|>", "<|assistant|>", "<|end|>")
@@ -561,28 +561,37 @@ def task_baselines(examples: list[Example]) -> dict[str, dict[str, float]]:
 
 
 @torch.no_grad()
-def choice_picks(model: nn.Module, tokenizer, template: Template, examples: list[Example],
-                 batch_size: int = 64) -> list[str]:
-    """The choice the model "answers" for each example (all must have ``choices``): the one whose completion
-    (choice + end token) it gives the highest log-probability after the prompt."""
+def choice_scores(model: nn.Module, tokenizer, template: Template, examples: list[Example],
+                  batch_size: int = 64) -> list[list[float]]:
+    """For each example (all must have ``choices``), the log-probability the model gives each choice's completion
+    (choice + end token) after the prompt, in the order of ``e.choices``: a list of ``len(e.choices)`` floats."""
     from utils.dpo import response_logprobs
 
     if not examples or any(not e.choices for e in examples):
-        raise ValueError("choice_picks needs examples that all have choices")
+        raise ValueError("choice_scores needs examples that all have choices")
     pairs = [encode_example(tokenizer, template, e.instruction, e.input, c, max_len=model.config.block_size)
              for e in examples for c in e.choices]
     pad = tokenizer.special_tokens.get(EOT, 0)
     was = model.training
     model.eval()
     scores = torch.cat([response_logprobs(model, *batch_examples(pairs[i:i + batch_size], pad))
-                        for i in range(0, len(pairs), batch_size)])
+                        for i in range(0, len(pairs), batch_size)]).tolist()
     model.train(was)
-    picks, pos = [], 0
+    out, pos = [], 0
     for e in examples:
-        n = len(e.choices)
-        picks.append(e.choices[int(scores[pos:pos + n].argmax())])
-        pos += n
-    return picks
+        out.append(scores[pos:pos + len(e.choices)])
+        pos += len(e.choices)
+    return out
+
+
+def choice_picks(model: nn.Module, tokenizer, template: Template, examples: list[Example],
+                 batch_size: int = 64) -> list[str]:
+    """The choice the model "answers" for each example (all must have ``choices``): the one whose completion
+    (choice + end token) it gives the highest log-probability after the prompt (:func:`choice_scores`)."""
+    if not examples or any(not e.choices for e in examples):
+        raise ValueError("choice_picks needs examples that all have choices")
+    return [e.choices[max(range(len(s)), key=s.__getitem__)]
+            for e, s in zip(examples, choice_scores(model, tokenizer, template, examples, batch_size))]
 
 
 def choice_accuracy(model: nn.Module, tokenizer, template: Template, examples: list[Example],
@@ -872,7 +881,11 @@ def train_instruct_model(examples: list[Example] | None = None, *, method: str =
 # Capacity (line_stage_screens.py --base, results/line_stage_screens_base8.json): the interleaved variant on a base
 # with twice the blocks (python -m utils.pretrain --n-layer 8; 3.9M parameters), against that base's recipe rows.
 # Seed 0: genre 0.555 (its recipe 0.555), choice 0.655 (0.495): pass. Seed 1: genre 0.480 (0.505), choice 0.530
-# (0.500): the lookup did not form. Genre held at both seeds, the lookup at one: capacity is a candidate, not shown.
+# (0.500): the lookup did not form. With line_speaker 64,000 at seed 1: choice 0.775 but genre 0.410, so once the
+# lookup forms the competition is there on the bigger base too: more capacity of this kind does not remove it.
+# What is lost (genre_picks, reruns that repeated those rows exactly; results/line_stage_screens_*genre_picks.json):
+# with each answer's prior removed, genre accuracy falls as much or more (course model seed 0: 0.525 -> 0.460;
+# 8-block seed 1: 0.595 -> 0.460): the lookup costs the reading of the passage's genre evidence, not a lean.
 INSTRUCT_RECIPE = {"method": "full", "n_per_task": 2400, "task_counts": {"line_speaker": 4800}, "balance_genres": True,
                    "epochs": 1.0, "lr": 1e-3, "genre_stage": {"n": 2400, "replay": 300, "epochs": 1.0, "lr": 1e-4},
                    "seed": 0, "rename_speakers": True, "test_per_task": 200, "test_seed": 1}
