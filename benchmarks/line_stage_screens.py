@@ -66,9 +66,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.moe import cpu_name  # noqa: E402
 from utils.data import load_corpus  # noqa: E402
 from utils.instruct import (EOT, FACTUAL_TASKS, INSTRUCT_RECIPE, INSTRUCT_TEMPLATE, choice_accuracy,  # noqa: E402
-                            choice_picks, choice_scores, finetune_lm, instruct_pairs, instruct_training_set, instruction_data,
-                            line_stage_set, line_twin, prepare_instruct_model, run_genre_stage, run_line_stage,
-                            TASKS, score_tasks)
+                            choice_picks, choice_scores, finetune_lm, instruct_pairs, instruct_training_set,
+                            instruction_data, line_stage_set, line_twin, prepare_instruct_model, run_genre_stage,
+                            run_line_stage, TASKS, score_tasks)
 from utils.pretrain import load_course_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -196,6 +196,8 @@ def genre_picks(examples: list, scores: list[list[float]]) -> dict:
         raise ValueError(f"need one score list per genre item, got {len(examples)} items and {len(scores)} scores")
     sums: dict[str, list[float]] = {}
     for e, sc in zip(examples, scores):
+        if e.response not in e.choices:  # its accuracy could not count it: say so instead of scoring it wrong
+            raise ValueError(f"an item's answer {e.response!r} is not among its choices {e.choices!r}")
         if len(sc) != len(e.choices):
             raise ValueError(f"an item has {len(e.choices)} choices but {len(sc)} scores")
         for c, v in zip(e.choices, sc):
@@ -251,7 +253,8 @@ def run(seed: int = 0, n: int = 32000, lr: float = 1e-3, replay: int = 0, train:
         variant["mixed_counts"] = dict(mixed_counts)
     entry = {"seed": seed, "variant": variant, "quick": quick, "line_stage_trainable": n_trainable,
             "train_s": round(secs, 1), "val_per_task": per_task, "exact_match": em, "choice": choice,
-            "twin_pairs": len(twins), "same_answer": same, "genre_picks": picks, "run_as": "benchmarks/line_stage_screens.py",
+            "twin_pairs": len(twins), "same_answer": same, "genre_picks": picks,
+            "run_as": "benchmarks/line_stage_screens.py",
             "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                             "date": time.strftime("%Y-%m-%d")}}
     if base is not None:  # which base, so that its rows are never judged against another base's recipe row

@@ -117,6 +117,8 @@ def test_genre_picks_tell_a_moved_prior_from_a_lost_answer(screens):
         screens.genre_picks(items, moved[:-1])
     with pytest.raises(ValueError, match="3 choices but 2 scores"):
         screens.genre_picks(items[:1], [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="not among its choices"):  # e.g. an item without choices
+        screens.genre_picks([Example("genre", "Which?", "p", "comedy", "play")], [[]])
 
 
 def _entry(genre, first, line, speakers, choice, n=32000):
