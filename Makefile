@@ -34,7 +34,7 @@ help:
 	@echo "make test-browser  run notebooks in JupyterLab in headless Chromium and use their widgets"
 	@echo "make execute       re-run every notebook in place in default mode (NB=... for one, DEVICE=cuda for a GPU)"
 	@echo "make pretrain      rebuild the course model in data/checkpoints/"
-	@echo "make finetune      rebuild the fine-tuned models in data/finetuned/ (notebook 08 uses them)"
+	@echo "make finetune      rebuild the fine-tuned models in data/finetuned/ (notebooks 07 and 08 use them)"
 
 setup:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,7 +78,7 @@ execute:
 pretrain:
 	$(PY) -m utils.pretrain
 
-# The fine-tuned models notebook 08 evaluates (notebook 07's recipes): writes data/finetuned/.
+# The fine-tuned models notebooks 07 and 08 use (notebook 07's recipes): writes data/finetuned/.
 finetune:
 	$(PY) tools/finetune.py
 

@@ -401,3 +401,49 @@ def test_train_instruct_model_runs_the_line_stage_first_then_the_mixed_stage_the
     examples = instruction_data(corpus, "train", n_per_task=4, tasks=("genre",))
     I.train_instruct_model(examples, method="full", seed=3, line_stage=line, genre_stage=genre)
     assert order == [("line", line, 3), ("mixed", len(examples)), ("genre", genre, 3)]
+
+
+def test_tools_finetune_trains_the_line_adapter_recipe_with_the_given_seed_and_needs_every_seed(monkeypatch, tmp_path):
+    import utils.instruct
+    from utils.instruct import LINE_ADAPTER
+
+    seen = {}
+
+    def fake_train(model, tokenizer, adapter, seed, progress=False):
+        seen.update(adapter=adapter, seed=seed, lora=any("lora_" in n for n, _ in model.named_parameters()))
+        raise _Stop
+
+    monkeypatch.setattr(utils.instruct, "train_line_adapter", fake_train)
+    tool = _finetune_tool()
+    with pytest.raises(_Stop):
+        tool._train_line_adapter(5)
+    assert seen == {"adapter": LINE_ADAPTER, "seed": 5, "lora": False}  # on the plain saved instruct model
+    with pytest.raises(ValueError, match="seeds"):
+        tool.write_line_adapter_seeds({0: {}}, {0: 1.0}, None, "a test", out=tmp_path / "seeds.json")
+    assert not (tmp_path / "seeds.json").exists()
+
+
+def test_the_committed_line_adapter_keeps_every_other_answer_and_its_seed_spread_includes_it():
+    import json
+
+    from utils.instruct import ADAPTER_TASKS, LINE_ADAPTER, LINE_ADAPTER_SEEDS, answer_routed, task_of
+
+    model, tok2 = load_instruct_model(line_adapter=True)
+    meta = model.adapter_metadata
+    assert meta["recipe"] == LINE_ADAPTER
+    saved = load_instruct_model()[0].finetune_metadata["held_out_scores"]
+    routed = meta["test_routed"]
+    assert set(routed) == set(saved)
+    for t in saved:  # answered by the saved model itself: its held-out exact match, to the last digit
+        if t not in ADAPTER_TASKS:
+            assert routed[t]["exact_match"] == saved[t]["exact_match"], t
+    tool = _finetune_tool()
+    spread = json.loads(tool.ADAPTER_SEEDS_RESULT.read_text())
+    assert spread["adapter"] == json.loads(json.dumps(LINE_ADAPTER))  # JSON keeps the targets' tuple as a list
+    assert spread["seeds"] == list(LINE_ADAPTER_SEEDS)
+    assert spread["per_seed"][str(LINE_ADAPTER["seed"])]["test_routed"] == routed
+    question = 'Who speaks the line "I am not what I am."?'
+    assert task_of(question) == "line_speaker"
+    out = answer_routed(model, tok2, INSTRUCT_TEMPLATE, question,
+                        "RODERIGO:\nI would not follow him then.\n\nIAGO:\nI am not what I am.")
+    assert isinstance(out, str) and out

@@ -28,7 +28,8 @@ __all__ = ["freeze", "count_trainable", "SequenceClassifier", "ClassifierData", 
            "pad_right", "FinetuneConfig", "finetune_classifier", "accuracy", "training_step_memory",
            "GENRE_CLASSES", "POOLINGS", "predict", "tfidf_baseline", "METHODS", "METHOD_LR", "prepare_method", "method_lr", "train_genre_classifier", "INIT_TEXT", "run_method",
            "GENRE_RECIPE", "FinetunedConfig", "FinetunedWeights", "trained_tensors", "save_finetuned",
-           "load_genre_classifier", "load_instruct_model", "GENRE_CLASSIFIER_FILE", "INSTRUCT_MODEL_FILE"]
+           "load_genre_classifier", "load_instruct_model", "GENRE_CLASSIFIER_FILE", "INSTRUCT_MODEL_FILE",
+           "LINE_ADAPTER_FILE"]
 
 GENRE_CLASSES = ("comedies", "histories", "tragedies")
 POOLINGS = ("last", "mean")
@@ -461,6 +462,7 @@ def _finetuned_dir():
 
 GENRE_CLASSIFIER_FILE = "genre-classifier.pt"
 INSTRUCT_MODEL_FILE = "instruct-model.pt"
+LINE_ADAPTER_FILE = "line-speaker-adapter.pt"  # a LoRA adapter on the instruct model (utils.instruct.LINE_ADAPTER)
 # The genre classifier saved for notebook 08: the table's LoRA r=8 row, trained as in notebook 07's
 # default mode (the same functions, data and settings).
 GENRE_RECIPE = {"method": "lora-r8", "per_class": 200, "epochs": 2.0, "max_tokens": 64, "pooling": "mean", "seed": 0}
@@ -605,7 +607,7 @@ def load_genre_classifier(device=None, path=None):
     return clf.eval(), tok
 
 
-def load_instruct_model(device=None, path=None):
+def load_instruct_model(device=None, path=None, line_adapter: bool = False, adapter_path=None):
     """Notebook 07's instruction-tuned course model, from ``data/finetuned/instruct-model.pt``.
 
     Returns ``(model, tokenizer)``: a GPT (recipe "full": every weight fine-tuned, stored in bfloat16;
@@ -614,7 +616,13 @@ def load_instruct_model(device=None, path=None):
     ``utils.instruct.answer(model, tokenizer, INSTRUCT_TEMPLATE or CHAT_TEMPLATE, instruction, input)``.
     ``model.finetune_metadata`` holds the recipe and the measured held-out scores. Raises
     ``FileNotFoundError`` / :class:`utils.checkpoint.CheckpointError` naming ``make finetune`` when the
-    file is missing, corrupt, or was trained on another course model."""
+    file is missing, corrupt, or was trained on another course model.
+
+    ``line_adapter=True`` also loads the "who speaks the line" LoRA adapter (``data/finetuned/line-speaker-adapter.pt``
+    or ``adapter_path``; :data:`utils.instruct.LINE_ADAPTER`) onto the model; answer with
+    :func:`utils.instruct.score_routed` / :func:`utils.instruct.answer_routed`, which switch it on for that question
+    only. ``model.adapter_metadata`` then holds its recipe and measured scores. The adapter file must have been
+    trained on this very instruct model (checked by the weights' sha256)."""
     from utils.instruct import prepare_instruct_model
     from utils.precision import as_device
 
@@ -626,6 +634,25 @@ def load_instruct_model(device=None, path=None):
     tok2 = prepare_instruct_model(model, tok, recipe["method"])
     _fill(model, loaded, new_rows_from=V if recipe["method"] == "lora" else None)
     model.finetune_metadata = dict(loaded.metadata, recipe=recipe)
+    if line_adapter:
+        _add_line_adapter(model, adapter_path or _finetuned_dir() / LINE_ADAPTER_FILE)
     if device is not None:
         model.to(as_device(device))
     return model.eval(), tok2
+
+
+def _add_line_adapter(model: nn.Module, path) -> None:
+    from utils.checkpoint import CheckpointError, weights_sha256
+    from utils.lora import apply_lora
+
+    loaded = _read_finetuned(path, "line-adapter")
+    sha = weights_sha256(model.state_dict())
+    if sha != loaded.config.base_sha256:
+        raise CheckpointError(f"{loaded.path} was trained on another instruct model (its sha256 "
+                              f"{loaded.config.base_sha256[:16]}..., the instruct model now is {sha[:16]}...): "
+                              f"{_REBUILD_HINT}")
+    recipe = loaded.config.recipe
+    torch.manual_seed(0)  # A is drawn before being overwritten: keep the global RNG reproducible
+    apply_lora(model, recipe["targets"], r=recipe["r"], alpha=recipe["alpha"])
+    _fill(model, loaded)
+    model.adapter_metadata = dict(loaded.metadata, recipe=recipe)

@@ -11,7 +11,10 @@
   confined to those rows: ``segments`` gives each chosen row range its own (A, B) pair, exactly as
   two separate LoRA layers on separate q and v matrices would have.
 - :func:`apply_lora` swaps the chosen layers of a GPT in place and freezes everything else;
-  :func:`merge_lora` / :func:`unmerge_lora` do every LoRA layer of a model.
+  :func:`merge_lora` / :func:`unmerge_lora` do every LoRA layer of a model; inside
+  ``with lora_disabled(model):`` the model computes exactly what its frozen base computes (peft's
+  ``disable_adapter()``), so one set of base weights can serve some requests with the adapter and
+  others without.
 
 Target names for :func:`apply_lora` (:data:`LORA_TARGETS`): ``"qkv_proj"`` (the whole fused matrix),
 ``"q"``, ``"k"``, ``"v"`` (row blocks of ``qkv_proj``; any combination), ``"out_proj"``,
@@ -21,14 +24,15 @@ Target names for :func:`apply_lora` (:data:`LORA_TARGETS`): ``"qkv_proj"`` (the 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "LORA_TARGETS",
-           "qkv_segments"]
+__all__ = ["LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_disabled",
+           "LORA_TARGETS", "qkv_segments"]
 
 QKV_PARTS = ("q", "k", "v")
 LINEAR_TARGETS = ("qkv_proj", "out_proj", "up_proj", "down_proj", "gate_up_proj")
@@ -89,6 +93,7 @@ class LoRALinear(nn.Module):
         for A in self.lora_A:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         self.merged = False
+        self.enabled = True  # False: the layer computes base(x) only (see lora_disabled)
 
     def delta_weight(self) -> torch.Tensor:
         """The update (alpha/r) * B A as a full (out, in) matrix: zero rows outside the segments."""
@@ -119,7 +124,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.merged or not self.enabled:
             return y
         return y + self.lora_output(x).to(y.dtype)
 
@@ -136,6 +141,8 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """W <- W + (alpha/r) B A: afterwards the layer costs what the base costs. Idempotent."""
+        if not self.enabled:  # merged, it could no longer be switched off
+            raise ValueError("this LoRA layer is switched off (inside lora_disabled): merge it after that block")
         if not self.merged:
             w = self._base_weight()
             w.add_(self.delta_weight().to(w.dtype))
@@ -239,3 +246,25 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     for layer in lora_layers(model):
         layer.unmerge()
     return model
+
+
+@contextmanager
+def lora_disabled(model: nn.Module):
+    """``with lora_disabled(model):`` every LoRA layer computes its base layer's output only, exactly (the
+    update is skipped, not multiplied by zero); on leaving, each layer is switched back as it was. Raises
+    ``ValueError`` when the model has no LoRA layer or a merged one (its base weight holds the update: unmerge
+    it first)."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRALinear layers to disable (call apply_lora first)")
+    if any(layer.merged for layer in layers):
+        raise ValueError("a merged LoRA layer's base weight holds the update, so it cannot be switched off: "
+                         "call unmerge_lora(model) first")
+    was = [layer.enabled for layer in layers]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer, on in zip(layers, was):
+            layer.enabled = on
