@@ -83,6 +83,7 @@ def test_score_routed_answers_the_adapter_tasks_with_the_adapter_on_and_every_ot
     import utils.instruct
 
     _, model = _adapted_gpt()
+    model.adapter_tasks = ADAPTER_TASKS  # as train_line_adapter and load_instruct_model(line_adapter=True) mark it
     seen = {}
 
     def fake_scores(m, tok, template, es, *args):
@@ -103,11 +104,26 @@ def test_score_routed_answers_the_adapter_tasks_with_the_adapter_on_and_every_ot
         assert len(tasks) == 1  # one task per call, so that each call has one adapter setting
         assert on == (next(iter(tasks)) in ADAPTER_TASKS)
     assert all(layer.enabled for layer in lora_layers(model))  # switched back on afterwards
-    base, _ = _adapted_gpt()
+    base, lora_tuned = _adapted_gpt()
     with adapter_for(base, "genre"):  # a model without LoRA is left as it is
         pass
+    with adapter_for(lora_tuned, "genre"):  # LoRA as its own fine-tuning (no task adapter): never switched off
+        assert all(layer.enabled for layer in lora_layers(lora_tuned))
     with pytest.raises(ValueError, match="empty"):
         score_routed(model, None, None, [])
+
+
+def test_answer_routed_switches_the_adapter_on_only_for_a_question_of_its_task(monkeypatch):
+    import utils.instruct
+    from utils.instruct import answer_routed
+
+    _, model = _adapted_gpt()
+    model.adapter_tasks = ADAPTER_TASKS
+    monkeypatch.setattr(utils.instruct, "answer", lambda m, *args: lora_layers(m)[0].enabled)
+    assert answer_routed(model, None, None, 'Who speaks the line "I am not what I am."?', "IAGO:\nI am not what I am.")
+    assert not answer_routed(model, None, None, "Who speaks first in this passage?", "IAGO:\nI am not what I am.")
+    assert not answer_routed(model, None, None, "Who is the villain here?")  # a question of no task: adapter off
+    assert lora_layers(model)[0].enabled
 
 
 def test_train_line_adapter_trains_only_the_adapter_on_line_speaker_examples_and_refuses_bad_input(monkeypatch):
@@ -134,6 +150,7 @@ def test_train_line_adapter_trains_only_the_adapter_on_line_speaker_examples_and
         assert torch.equal(params[moved if moved in params else name], p), name
     assert any(B.abs().sum() > 0 for layer in lora_layers(model) for B in layer.lora_B)  # the adapter trained
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert model.adapter_tasks == ADAPTER_TASKS
     with pytest.raises(ValueError, match="already has LoRA"):
         train_line_adapter(model, tok2, small, seed=0)
     fresh, tok3 = load_instruct_model()
@@ -167,6 +184,7 @@ def test_a_saved_line_adapter_reloads_with_identical_logits_on_and_off(tmp_path)
         with lora_disabled(loaded):
             assert torch.equal(loaded(ids)[0], plain(ids)[0])
     assert loaded.adapter_metadata["recipe"] == LINE_ADAPTER and loaded.adapter_metadata["note"] == "test"
+    assert loaded.adapter_tasks == ADAPTER_TASKS
     assert not any(p.requires_grad for p in loaded.parameters())
 
 

@@ -643,6 +643,7 @@ def load_instruct_model(device=None, path=None, line_adapter: bool = False, adap
 
 def _add_line_adapter(model: nn.Module, path) -> None:
     from utils.checkpoint import CheckpointError, weights_sha256
+    from utils.instruct import ADAPTER_TASKS
     from utils.lora import apply_lora
 
     loaded = _read_finetuned(path, "line-adapter")
@@ -656,3 +657,4 @@ def _add_line_adapter(model: nn.Module, path) -> None:
     apply_lora(model, recipe["targets"], r=recipe["r"], alpha=recipe["alpha"])
     _fill(model, loaded)
     model.adapter_metadata = dict(loaded.metadata, recipe=recipe)
+    model.adapter_tasks = ADAPTER_TASKS  # what utils.instruct.adapter_for routes to the adapter

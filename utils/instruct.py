@@ -961,20 +961,23 @@ def train_line_adapter(model: nn.Module, tokenizer, adapter: dict | None = None,
     seed = adapter["seed"] if seed is None else seed
     torch.manual_seed(seed)
     apply_lora(model, adapter["targets"], r=adapter["r"], alpha=adapter["alpha"])  # freezes every other weight
+    model.adapter_tasks = ADAPTER_TASKS  # what adapter_for routes to the adapter
     stage = {"n": adapter["n"], "replay": 0, "epochs": adapter["epochs"], "lr": adapter["lr"]}
     return run_line_stage(model, tokenizer, stage, seed, corpus=corpus if corpus is not None else load_corpus(),
                           progress=progress)
 
 
 def adapter_for(model: nn.Module, task: str | None):
-    """A context in which ``model`` answers ``task``: its LoRA adapter on for :data:`ADAPTER_TASKS`, off
-    (:func:`utils.lora.lora_disabled`) for any other task or an unknown one (``None``). A model without LoRA
-    layers is left as it is."""
+    """A context in which ``model`` answers ``task``: for a model with a task adapter (``model.adapter_tasks``, set by
+    :func:`train_line_adapter` and by ``load_instruct_model(line_adapter=True)``) the adapter is on for those tasks
+    and off (:func:`utils.lora.lora_disabled`) for any other task or an unknown one (``None``). Any other model,
+    including one whose own LoRA layers are its fine-tuning, is left as it is."""
     import contextlib
 
-    from utils.lora import lora_disabled, lora_layers
+    from utils.lora import lora_disabled
 
-    if task in ADAPTER_TASKS or not lora_layers(model):
+    tasks = getattr(model, "adapter_tasks", None)
+    if tasks is None or task in tasks:
         return contextlib.nullcontext(model)
     return lora_disabled(model)
 
