@@ -194,6 +194,11 @@ def test_lora_matches_peft_on_a_random_gpt2_and_merge_matches_merge_and_unload(a
         base = GPT.from_hf_gpt2(_random_hf_gpt2())(idx)[0]
     assert not torch.allclose(ref, base, atol=1e-3)  # LoRA really changed the outputs
     assert torch.allclose(out, ref, atol=1e-4)
+    from utils.lora import lora_disabled
+
+    with torch.no_grad(), hf_lora.disable_adapter(), lora_disabled(ours):  # both switched off: the same base model
+        ref_off, out_off = hf_lora(idx).logits, ours(idx)[0]
+    assert torch.allclose(out_off, ref_off, atol=1e-4) and torch.allclose(out_off, base, atol=1e-4)
     merged_hf = hf_lora.merge_and_unload()
     merge_lora(ours)
     for i, block in enumerate(merged_hf.transformer.h):
