@@ -18,8 +18,9 @@ Designs, same numbers (tested), different speed:
 - ``grouped_mm``: the layer's ``grouped_mm`` dispatch: the same sorted rows through PyTorch's
   ``F.grouped_mm`` (where this PyTorch has it);
 
-  the layer's default, ``"auto"``, runs ``grouped_mm`` on a CPU whose PyTorch has it (aligned widths) and
-  ``sort`` elsewhere (``utils.moe.resolve_dispatch``; the results file records what it picked here);
+  the layer's default, ``"auto"``, runs ``grouped_mm`` where this PyTorch has it and the widths suit it, on a
+  CPU and in bf16 on a GPU of compute capability 9.0 or later, and ``sort`` elsewhere
+  (``utils.moe.resolve_dispatch``; the results file records what it picked here);
 - ``loop``: the loop over experts with a boolean mask over all assignments that most tutorials write;
 - ``bmm``: capacity factor 1.25, every expert's tokens in padded slots (E, capacity, C), one batched
   matmul pair for all experts; assignments over capacity are dropped (their share is printed);
@@ -33,7 +34,9 @@ per-expert row counts change (``Experts.run_sorted`` pads them for that; noteboo
 
 Every step starts with the gradients set to None, as a training step does after ``zero_grad()``.
 ``--device cuda --dtype bf16`` times the same designs on a GPU (synchronising before and after each
-timed block; results then go to ``benchmarks/results/moe_cuda.json`` unless ``--out`` says otherwise).
+timed block; results then go to ``benchmarks/results/moe_cuda.json`` unless ``--out`` says otherwise). It ran
+once on an NVIDIA H200 (``benchmarks/gpu_check.sh``): ``moe_cuda.json`` at this shape and ``moe_cuda_large.json``
+at batch 16 x 2048, width 1024, experts of width 1024.
 
 ``keep_freed_memory()`` is on, as in ``train()``. The machine may be shared: every round runs all designs one after the other (interleaved), each
 timed over ``--iters`` steps after a warm-up, and the table reports the **median** over ``--repeats``

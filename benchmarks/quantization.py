@@ -24,7 +24,7 @@ Tables (also written to ``benchmarks/results/quantization.json`` and ``quantizat
    >= 2x fp32 and <= 1.2x torchao's time).
    **GPU** (``--only gpu``; skipped without CUDA): the same layer in bf16 vs int8 (ours W8A8, torchao
    dynamic and weight-only) vs int4 weight-only (ours; torchao's ``Int4WeightOnlyConfig``), CUDA-event
-   timed. Written but not yet run on a GPU.
+   timed. Run once on an NVIDIA H200 (``benchmarks/results/quantization_gpu.json``, ``benchmarks/gpu_check.sh``).
 4. **Decode** tokens/s of the course model on the CPU (greedy, KV cache), per thread count.
 
 Timings: the variants run in interleaved rounds (A, B, C, ..., then again) and each figure is the

@@ -405,7 +405,7 @@ def test_grouped_mm_dispatch_without_grouped_mm_or_with_unaligned_widths_raises_
     assert layer.dispatch == "sort"
 
 
-def test_auto_is_the_default_and_picks_grouped_mm_only_on_a_cpu_with_aligned_rows():
+def test_auto_is_the_default_and_picks_grouped_mm_on_a_cpu_with_aligned_rows():
     assert MoEConfig(n_embd=16).dispatch == "auto" and _layer().dispatch == "auto"
     x = torch.randn(10, 16)
     assert resolve_dispatch("auto", x, 16, 24) == ("grouped_mm" if HAS_GROUPED_MM else "sort")
@@ -413,9 +413,29 @@ def test_auto_is_the_default_and_picks_grouped_mm_only_on_a_cpu_with_aligned_row
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 rows need widths that are multiples of 8
         assert resolve_dispatch("auto", x, 16, 12) == "sort"
         assert resolve_dispatch("auto", x, 16, 24) == ("grouped_mm" if HAS_GROUPED_MM else "sort")
-    assert resolve_dispatch("auto", x.to("meta"), 16, 24) == "sort"  # not a CPU: grouped_mm was not timed there
+    assert resolve_dispatch("auto", x.to("meta"), 16, 24) == "sort"  # neither a CPU nor a GPU: not timed there
     for d in ("sort", "loop", "bmm"):
         assert resolve_dispatch(d, x, 16, 3) == d  # an explicit design is kept
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="this PyTorch has no F.grouped_mm: auto is always sort")
+def test_auto_picks_grouped_mm_on_a_cuda_gpu_only_in_bf16_at_hopper_or_later(monkeypatch):
+    # no GPU here: a stand-in with a CUDA device and a dtype (all resolve_dispatch reads of x), and the
+    # capability a GPU would report; the rule is what benchmarks/results/moe_cuda*.json measured on an H200
+    from types import SimpleNamespace
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    bf16, fp32 = (SimpleNamespace(device=torch.device("cuda", 0), dtype=d) for d in (torch.bfloat16, torch.float32))
+    assert resolve_dispatch("auto", bf16, 192, 256) == "grouped_mm"  # H100/H200 in bf16
+    assert resolve_dispatch("auto", fp32, 192, 256) == "sort"  # fp32 on a GPU was not timed
+    assert resolve_dispatch("auto", bf16, 192, 3) == "sort"  # 6-byte rows: grouped_mm cannot take them
+    capability["value"] = (10, 0)
+    assert resolve_dispatch("auto", bf16, 192, 256) == "grouped_mm"
+    capability["value"] = (8, 0)  # A100: not timed
+    assert resolve_dispatch("auto", bf16, 192, 256) == "sort"
+    capability["value"] = (7, 5)  # Colab's T4
+    assert resolve_dispatch("auto", bf16, 192, 256) == "sort"
+    assert resolve_dispatch("bmm", bf16, 192, 256) == "bmm"  # an explicit design is kept
 
 
 @pytest.mark.parametrize("expert_hidden", [24, 3])

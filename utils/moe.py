@@ -11,8 +11,8 @@
   rows through PyTorch's ``F.grouped_mm``, where this PyTorch has it), ``"bmm"`` (capacity-padded slots,
   one batched matmul for all experts) and ``"loop"`` (the loop over experts with boolean masks that most
   tutorials write). The default, ``"auto"``, picks one per forward (:func:`resolve_dispatch`):
-  ``"grouped_mm"`` where it was measured fastest (a CPU, a PyTorch that has it, aligned widths), else
-  ``"sort"``.
+  ``"grouped_mm"`` where it was measured fastest (a PyTorch that has it, aligned widths, on a CPU or in
+  bf16 on a Hopper or later GPU), else ``"sort"``.
 - :class:`MoELayer` — ``forward(x (B, T, C)) -> (y (B, T, C), stats)``: router + experts, optional
   capacity limit (assignments over capacity are dropped: their token passes through the block's
   residual unchanged, and they are counted), optional always-on shared experts (DeepSeek-MoE) and an
@@ -595,15 +595,20 @@ def _dispatch_bmm(experts: Experts, x: torch.Tensor, expert_of: torch.Tensor, to
 
 def resolve_dispatch(dispatch: str, x: torch.Tensor, n_embd: int, expert_hidden: int) -> str:
     """The design a layer runs for tokens ``x``: ``dispatch`` itself, except ``"auto"``, which is
-    ``"grouped_mm"`` where it applies and was measured fastest — this PyTorch has
-    ``torch.nn.functional.grouped_mm``, ``x`` is on a CPU, and ``n_embd`` and ``expert_hidden`` rows are a
-    multiple of 16 bytes in the compute dtype (autocast's, if on) — and ``"sort"`` otherwise (the same
-    numbers; on a GPU ``grouped_mm`` was not timed here). ``benchmarks/moe.py`` times both."""
+    ``"grouped_mm"`` where it applies and was measured fastest, and ``"sort"`` (the same numbers) elsewhere.
+    ``grouped_mm`` needs ``torch.nn.functional.grouped_mm`` in this PyTorch and ``n_embd`` and ``expert_hidden``
+    rows of a multiple of 16 bytes in the compute dtype (autocast's, if on); it was measured fastest on a CPU
+    (``benchmarks/results/moe.json``) and on an NVIDIA H200 in bf16 (``moe_cuda.json``, ``moe_cuda_large.json``),
+    so on a CUDA GPU it is chosen in bf16 at compute capability 9.0 (Hopper) or later only: older GPUs and
+    other dtypes were not timed."""
     if dispatch != "auto":
         return dispatch
-    if not hasattr(F, "grouped_mm") or x.device.type != "cpu":
+    kind = x.device.type
+    if not hasattr(F, "grouped_mm") or kind not in ("cpu", "cuda"):
         return "sort"
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    if kind == "cuda" and (dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device) < (9, 0)):
+        return "sort"
     size = torch.empty((), dtype=dtype).element_size()
     return "grouped_mm" if n_embd * size % 16 == 0 and expert_hidden * size % 16 == 0 else "sort"
 

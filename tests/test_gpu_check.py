@@ -1,0 +1,48 @@
+"""benchmarks/gpu_check.sh and benchmarks/execute_notebook.py: the GPU run's tools, checked on the CPU."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_execute_notebook_runs_every_cell_and_lists_each_failing_one(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# a title"),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("1 / 0"),
+                nbformat.v4.new_code_cell("print('after the error', x + 1)"),
+                nbformat.v4.new_code_cell("undefined_name")]
+    src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "execute_notebook.py"), str(src), str(dst)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    lines = run.stdout.splitlines()
+    assert "cell 2: ZeroDivisionError: division by zero" in lines
+    assert "cell 4: NameError: name 'undefined_name' is not defined" in lines
+    assert lines[-1].startswith("in.ipynb: 2 failing cells, ")
+    executed = nbformat.read(dst, as_version=4)
+    assert executed.cells[3].outputs[0]["text"] == "after the error 2\n"  # cells after an error still ran
+
+
+def test_execute_notebook_returns_0_when_no_cell_fails(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(6 * 7)")]
+    src = tmp_path / "ok.ipynb"
+    nbformat.write(nb, src)
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "execute_notebook.py"), str(src),
+                          str(tmp_path / "ok_out.ipynb")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0
+    assert run.stdout.splitlines()[-1].startswith("ok.ipynb: 0 failing cells, ")
+
+
+def test_gpu_check_script_parses_and_asks_for_an_output_folder():
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode != 0
+    assert "set OUT to a folder for the results" in run.stderr
