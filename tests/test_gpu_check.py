@@ -46,3 +46,13 @@ def test_gpu_check_script_parses_and_asks_for_an_output_folder():
     run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert run.returncode != 0
     assert "set OUT to a folder for the results" in run.stderr
+
+
+def test_gpu_bundle_script_parses_and_names_a_package_it_cannot_pin(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_bundle.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "PY": "false", "DEST": str(tmp_path / "whl")})
+    assert run.returncode != 0
+    assert "nbval is not installed in false's environment: run make setup first" in run.stderr
+    assert not any((tmp_path / "whl").iterdir())  # nothing downloaded
