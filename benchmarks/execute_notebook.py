@@ -38,4 +38,7 @@ def main(src: str, dst: str) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3 or not Path(sys.argv[1]).is_file():
+        sys.exit(f"usage: python {Path(__file__).name} NOTEBOOK.ipynb OUTPUT.ipynb (the notebook must exist; "
+                 f"got {sys.argv[1:]})")
     sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -56,3 +56,11 @@ def test_gpu_bundle_script_parses_and_names_a_package_it_cannot_pin(tmp_path):
     assert run.returncode != 0
     assert "nbval is not installed in false's environment: run make setup first" in run.stderr
     assert not any((tmp_path / "whl").iterdir())  # nothing downloaded
+
+
+def test_execute_notebook_names_its_arguments_when_they_are_wrong(tmp_path):
+    script = str(ROOT / "benchmarks" / "execute_notebook.py")
+    for args in ([], [str(tmp_path / "missing.ipynb"), str(tmp_path / "out.ipynb")]):
+        run = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1
+        assert "usage: python execute_notebook.py NOTEBOOK.ipynb OUTPUT.ipynb (the notebook must exist" in run.stderr
