@@ -64,3 +64,23 @@ def test_execute_notebook_names_its_arguments_when_they_are_wrong(tmp_path):
         run = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
         assert run.returncode == 1
         assert "usage: python execute_notebook.py NOTEBOOK.ipynb OUTPUT.ipynb (the notebook must exist" in run.stderr
+
+
+def test_moe_autocast_check_passes_on_the_cpu_and_fails_when_the_tolerance_is_below_bf16(tmp_path):
+    script = ROOT / "benchmarks" / "moe_autocast_check.py"
+    out = tmp_path / "a.json"
+    run = subprocess.run([sys.executable, str(script), "--experts", "8", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    import json
+    table = json.loads(out.read_text())
+    assert table["resolved"] == "grouped_mm"  # the CPU rule: bf16 rows of 192 and 256 are multiples of 16 bytes
+    assert {r["tensor"] for r in table["rows"]} >= {"output", "input grad", "grad router.weight", "grad experts.w_in"}
+    assert all(0 < r["auto_bf16_vs_fp32"] < 0.05 for r in table["rows"])  # bf16 differs from fp32, but a little
+    strict = subprocess.run([sys.executable, str(script), "--experts", "8", "--tol", "1e-4"],
+                            capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "ABOVE --tol" in strict.stdout
+    no_gpu = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
+                            timeout=300)
+    if not __import__("torch").cuda.is_available():
+        assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
