@@ -248,3 +248,15 @@ def test_importing_runtime_makes_openmp_threads_sleep_unless_the_user_chose(orde
 
 def test_environment_report_says_how_openmp_threads_wait():
     assert "OpenMP wait policy" in environment_report()
+
+
+def test_runtime_quiets_the_library_loggers_that_print_notices_into_notebooks():
+    import logging
+
+    import utils.runtime  # noqa: F401  (sets the levels at import)
+
+    for name in ("torchao", "torch.utils._pytree", "bitsandbytes", "kernels"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.ERROR, name
+    # a warning of the offline Hub check (kernels._internals.hf_hub) no longer passes; an error still does
+    child = logging.getLogger("kernels._internals.hf_hub")
+    assert not child.isEnabledFor(logging.WARNING) and child.isEnabledFor(logging.ERROR)

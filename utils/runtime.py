@@ -31,8 +31,9 @@ OPENMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 # transformers imports torchao when it is installed; torchao then logs that its CUDA-only kernels do not
 # load, and torch's pytree registry logs a deprecation notice: noise in every notebook that loads a model.
-# bitsandbytes likewise logs that an optional CPU kernel package is missing.
-for _logger in ("torchao", "torch.utils._pytree", "bitsandbytes"):
+# bitsandbytes likewise logs that an optional CPU kernel package is missing, and Hugging Face's `kernels`
+# (transformers brings it) that it skips a download's trust check while the Hub is offline, as it is here.
+for _logger in ("torchao", "torch.utils._pytree", "bitsandbytes", "kernels"):
     logging.getLogger(_logger).setLevel(logging.ERROR)
 # peft still asks transformers for the deprecated `is_gradient_checkpointing` (a FutureWarning in every
 # LoRA check); it is peft's call, not the learner's, so it is hidden.
