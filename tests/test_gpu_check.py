@@ -84,3 +84,22 @@ def test_moe_autocast_check_passes_on_the_cpu_and_fails_when_the_tolerance_is_be
                             timeout=300)
     if not __import__("torch").cuda.is_available():
         assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
+
+
+def test_minilm_device_check_agrees_with_sentence_transformers_on_the_cpu_and_refuses_a_missing_gpu(tmp_path):
+    script = ROOT / "benchmarks" / "minilm_device_check.py"
+    out = tmp_path / "m.json"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    import json
+    table = json.loads(out.read_text())
+    assert table["within_tol"] and table["cpu"]["ours_vs_sentence_transformers"] < 1e-5
+    assert 0.9 < table["cpu"]["cos_paraphrase"] and table["cpu"]["cos_unrelated"] < 0.5  # notebook 08's two cosines
+    strict = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tol", "-1"],
+                            capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and '"within_tol": false' in strict.stdout
+    if not __import__("torch").cuda.is_available():
+        no_gpu = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
+                                timeout=300)
+        assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
