@@ -1,10 +1,13 @@
-"""benchmarks/gpu_check.sh and benchmarks/execute_notebook.py: the GPU run's tools, checked on the CPU."""
+"""benchmarks/gpu_check.sh and the scripts it runs (execute_notebook.py, moe_autocast_check.py,
+minilm_device_check.py): the GPU run's tools, checked on the CPU."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,40 +69,38 @@ def test_execute_notebook_names_its_arguments_when_they_are_wrong(tmp_path):
         assert "usage: python execute_notebook.py NOTEBOOK.ipynb OUTPUT.ipynb (the notebook must exist" in run.stderr
 
 
+def _bench(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run benchmarks/NAME with this Python; output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _refuses_a_missing_gpu(name: str) -> None:
+    if not torch.cuda.is_available():
+        no_gpu = _bench(name, "--device", "cuda")
+        assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
+
+
 def test_moe_autocast_check_passes_on_the_cpu_and_fails_when_the_tolerance_is_below_bf16(tmp_path):
-    script = ROOT / "benchmarks" / "moe_autocast_check.py"
     out = tmp_path / "a.json"
-    run = subprocess.run([sys.executable, str(script), "--experts", "8", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    run = _bench("moe_autocast_check.py", "--experts", "8", "--out", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
-    import json
     table = json.loads(out.read_text())
     assert table["resolved"] == "grouped_mm"  # the CPU rule: bf16 rows of 192 and 256 are multiples of 16 bytes
     assert {r["tensor"] for r in table["rows"]} >= {"output", "input grad", "grad router.weight", "grad experts.w_in"}
     assert all(0 < r["auto_bf16_vs_fp32"] < 0.05 for r in table["rows"])  # bf16 differs from fp32, but a little
-    strict = subprocess.run([sys.executable, str(script), "--experts", "8", "--tol", "1e-4"],
-                            capture_output=True, text=True, timeout=300)
+    strict = _bench("moe_autocast_check.py", "--experts", "8", "--tol", "1e-4")
     assert strict.returncode == 1 and "ABOVE --tol" in strict.stdout
-    no_gpu = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
-                            timeout=300)
-    if not __import__("torch").cuda.is_available():
-        assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
+    _refuses_a_missing_gpu("moe_autocast_check.py")
 
 
 def test_minilm_device_check_agrees_with_sentence_transformers_on_the_cpu_and_refuses_a_missing_gpu(tmp_path):
-    script = ROOT / "benchmarks" / "minilm_device_check.py"
     out = tmp_path / "m.json"
-    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    run = _bench("minilm_device_check.py", "--device", "cpu", "--out", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
-    import json
     table = json.loads(out.read_text())
     assert table["within_tol"] and table["cpu"]["ours_vs_sentence_transformers"] < 1e-5
     assert 0.9 < table["cpu"]["cos_paraphrase"] and table["cpu"]["cos_unrelated"] < 0.5  # notebook 08's two cosines
-    strict = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tol", "-1"],
-                            capture_output=True, text=True, timeout=300)
+    strict = _bench("minilm_device_check.py", "--device", "cpu", "--tol", "-1")
     assert strict.returncode == 1 and '"within_tol": false' in strict.stdout
-    if not __import__("torch").cuda.is_available():
-        no_gpu = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
-                                timeout=300)
-        assert no_gpu.returncode == 2 and "no CUDA GPU is visible" in no_gpu.stderr
+    _refuses_a_missing_gpu("minilm_device_check.py")
