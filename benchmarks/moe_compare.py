@@ -141,6 +141,37 @@ def measure_step_times(cfgs: dict, train_ids: torch.Tensor, rounds: int) -> dict
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def load_texts(val_start: int, val_chars: int) -> tuple:
+    """``(tokenizer, training ids, texts)`` of the comparison: the course tokenizer, the course corpus's
+    training split as ids, and ``texts = {"val": (ids, text), "seen": (ids, text)}``: validation characters
+    ``[val_start, val_start + val_chars)``, and as many characters of *training* text (read by every run;
+    within the first play, so no end-of-text token): validation minus training bits/char shows how much of
+    a model's fit is memorised."""
+    _, tok = load_course_model()
+    corpus = load_corpus()
+    train_ids = torch.tensor(tok.encode(training_text(corpus, "train"), allowed_special={EOT}))
+    val_text = corpus.text("val")[val_start:val_start + val_chars]
+    if len(val_text) < val_chars:
+        raise SystemExit(f"the validation split has {len(corpus.text('val')):,} characters: [{val_start:,}, "
+                         f"{val_start + val_chars:,}) does not fit; lower --val-start or --val-chars")
+    seen_text = training_text(corpus, "train")[:val_chars].split(EOT)[0]
+    return tok, train_ids, {name: (torch.tensor(tok.encode(t)), t) for name, t in (("val", val_text), ("seen", seen_text))}
+
+
+def train_and_score(model: GPT, steps: int, seed: int, train_ids: torch.Tensor, texts: dict) -> dict:
+    """Train ``model`` in place for ``steps`` fp32 steps (the course recipe's settings; warm-up 10%, cosine
+    to the end of its own steps) and score it on ``texts`` (:func:`load_texts`): the fields of one run."""
+    val_ids, val_text = texts["val"]
+    seen_ids, seen_text = texts["seen"]
+    run = train(model, train_ids, val_ids, COURSE_RECIPE.train_config(
+        max_steps=steps, warmup_steps=max(steps // 10, 1), eval_interval=0, eval_iters=2, seed=seed,
+        precision="fp32", progress=False))
+    return {"steps": run.steps, "seconds": run.seconds, "tokens_per_s": run.tokens / run.seconds,
+            "bpc": bits_per_character(model, val_ids, len(val_text)),
+            "train_bpc": bits_per_character(model, seen_ids, len(seen_text)), "train_chars": len(seen_text),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -218,18 +249,7 @@ def main(argv=None) -> dict:
     if bench is not None and (bench["config"] != config or bench["threads"] != args.threads):
         raise SystemExit(f"{args.out} was made with {bench['config']} on {bench['threads']} threads, not {config} on "
                          f"{args.threads}: use another --out")
-    _, tok = load_course_model()
-    corpus = load_corpus()
-    train_ids = torch.tensor(tok.encode(training_text(corpus, "train"), allowed_special={EOT}))
-    val_text = corpus.text("val")[args.val_start:args.val_start + args.val_chars]
-    if len(val_text) < args.val_chars:
-        raise SystemExit(f"the validation split has {len(corpus.text('val')):,} characters: [{args.val_start:,}, "
-                         f"{args.val_start + args.val_chars:,}) does not fit; lower --val-start or --val-chars")
-    val_ids = torch.tensor(tok.encode(val_text))
-    # as many characters of *training* text (read by every run; within the first play, so no end-of-text token):
-    # validation minus training bits/char shows how much of a model's fit is memorised
-    seen_text = training_text(corpus, "train")[:args.val_chars].split(EOT)[0]
-    seen_ids = torch.tensor(tok.encode(seen_text))
+    tok, train_ids, texts = load_texts(args.val_start, args.val_chars)
     cfgs_all = model_configs(tok.vocab_size)
     cfgs = {name: c for name, c in cfgs_all.items() if name in args.models}
     missing = [name for name in cfgs if bench is not None and name not in bench["sec_per_step"]]
@@ -261,22 +281,13 @@ def main(argv=None) -> dict:
     if args.next is not None:
         todo = todo[:args.next]
     for name, seed in todo:
-        steps = bench["steps"][name]
         set_seed(seed)
-        m = GPT(cfgs[name])
-        run = train(m, train_ids, val_ids, COURSE_RECIPE.train_config(
-            max_steps=steps, warmup_steps=max(steps // 10, 1), eval_interval=0, eval_iters=2, seed=seed,
-            precision="fp32", progress=False))
-        bpc = bits_per_character(m, val_ids, len(val_text))
-        train_bpc = bits_per_character(m, seen_ids, len(seen_text))
-        bench["runs"].append({"model": name, "seed": seed, "steps": run.steps, "seconds": run.seconds,
-                              "tokens_per_s": run.tokens / run.seconds, "bpc": bpc, "train_bpc": train_bpc,
-                              "train_chars": len(seen_text),
+        run = train_and_score(GPT(cfgs[name]), bench["steps"][name], seed, train_ids, texts)
+        bench["runs"].append({"model": name, "seed": seed, **run,
                               "total_params": count_parameters(cfgs[name]),
-                              "active_params": count_parameters(cfgs[name], active=True),
-                              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
-        print(f"{name} seed {seed}: {run.steps} steps in {run.seconds:.0f} s, val bits/char {bpc:.3f}, "
-              f"train-text bits/char {train_bpc:.3f}", flush=True)
+                              "active_params": count_parameters(cfgs[name], active=True)})
+        print(f"{name} seed {seed}: {run['steps']} steps in {run['seconds']:.0f} s, val bits/char {run['bpc']:.3f}, "
+              f"train-text bits/char {run['train_bpc']:.3f}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(bench, indent=1) + "\n")  # after every run: resumable
     args.out.parent.mkdir(parents=True, exist_ok=True)
