@@ -296,3 +296,46 @@ def test_candidate_needs_its_own_results_file_and_a_known_field(bench, tmp_path,
     with pytest.raises(SystemExit):
         bench.main(["--next", "1", "--candidate", "n_embd=128", "--out", str(out)])
     assert "holds runs of candidate 'n_embd=96'" in capsys.readouterr().err
+
+
+def _four_plays() -> str:
+    """A play, Measure for Measure (opening with the Duke's first speech), the Shrew (opening with Sly's) and, in
+    the reporting half, The Tempest (opening with the Master's): the landmarks of --split heldout-play."""
+    first = _play(300)
+    measure = "DUKE VINCENTIO:\nEscalus.\n\n" + "".join(f"ANGELO:\nMeasure line {i}.\n\n" for i in range(250))
+    shrew = "SLY:\nI'll pheeze you, in faith.\n\n" + "".join(f"BAPTISTA:\nShrew line {i}.\n\n" for i in range(700))
+    text = first + measure + shrew
+    tempest = "Master:\nBoatswain!\n\n" + "".join(f"PROSPERO:\nTempest line {i}.\n\n" for i in range(40))
+    return text + tempest
+
+
+def test_heldout_play_split_cuts_the_whole_play_from_training_and_tunes_on_its_opening_after_seen_text(bench):
+    text = _four_plays()
+    train, tune, report = bench.split_text(text)
+    parts = bench.report_parts(report)
+    assert parts and "Master:" in parts["unseen play"]
+    h_train, h_tune, h_report = bench.split_text_heldout_play(text)
+    assert h_report == report  # the reporting half is untouched
+    assert "ANGELO" not in h_train and "DUKE VINCENTIO" not in h_train  # no line of the held-out play is trained on
+    assert h_train == train.replace(train[train.index("DUKE VINCENTIO"):train.index("SLY:")], "")
+    seen, opening = h_tune.split("DUKE VINCENTIO:", 1)
+    assert tune.startswith(seen) and seen.endswith("\n\n")  # the tuning half's start, cut at a blank line
+    assert len(parts["seen play"]) <= len(seen) < len(parts["seen play"]) + 40
+    assert len(parts["unseen play"]) <= len("DUKE VINCENTIO:" + opening) < len(parts["unseen play"]) + 40
+    assert opening.startswith("\nEscalus.\n\nANGELO:") and opening.endswith("\n\n")
+
+
+def test_heldout_play_split_refuses_a_text_without_its_plays(bench):
+    with pytest.raises(ValueError, match="Measure for Measure"):
+        bench.split_text_heldout_play(_play(400).replace("SPEAKER 0", "Master"))
+
+
+def test_a_run_on_the_heldout_play_split_records_it_and_the_protocol_refuses_the_split(bench, capsys):
+    torch.set_num_threads(1)
+    recipe = BABY_GPT.with_(n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2)
+    r = bench.run("tiny", recipe, budget=3.0, seed=0, text=_four_plays(), split="heldout-play", score_report=False)
+    assert r["split"] == "heldout-play" and r["tune_bpc"] < 8
+    assert "split" not in bench.run("tiny", recipe, budget=3.0, seed=0, text=_four_plays(), score_report=False)
+    with pytest.raises(SystemExit):
+        bench.main(["--next", "1", "--split", "heldout-play"])
+    assert "--split goes with --explore" in capsys.readouterr().err
