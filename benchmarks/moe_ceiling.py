@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.moe import cpu_name  # noqa: E402
-from benchmarks.moe_compare import load_texts, measure_step_times, model_configs, train_and_score  # noqa: E402
+from benchmarks.moe_compare import load_texts, measure_step_times, model_configs, save, train_and_score  # noqa: E402
 from utils.model import GPT  # noqa: E402
 from utils.runtime import set_seed  # noqa: E402
 
@@ -126,8 +126,7 @@ def main(argv=None) -> dict:
                                   **run})
             print(f"{name} seed {seed}: {run['steps']} steps in {run['seconds']:.0f} s, val bits/char "
                   f"{run['bpc']:.3f}", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(bench, indent=1) + "\n")
+            save(bench, args.out)
     print_report(bench)
     return bench
 

@@ -176,6 +176,12 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def save(bench: dict, path: Path) -> None:
+    """Write a results file (after every run, so that an interrupted benchmark keeps what it has)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bench, indent=1) + "\n")
+
+
 def print_report(bench: dict) -> dict:
     """Print the table of a results file; returns {model: mean val bits/char over its runs}."""
     cfg = bench["config"]
@@ -288,10 +294,8 @@ def main(argv=None) -> dict:
                               "active_params": count_parameters(cfgs[name], active=True)})
         print(f"{name} seed {seed}: {run['steps']} steps in {run['seconds']:.0f} s, val bits/char {run['bpc']:.3f}, "
               f"train-text bits/char {run['train_bpc']:.3f}", flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(bench, indent=1) + "\n")  # after every run: resumable
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(bench, indent=1) + "\n")
+        save(bench, args.out)  # after every run: resumable
+    save(bench, args.out)
     print_report(bench)
     return bench
 
