@@ -8,8 +8,9 @@ A diagnostic for notebook 05's "dense vs MoE at equal wall-clock" table (``bench
 candidate. A Mixture-of-Experts layer with E experts of width h, top-k, computes for each token a weighted sum of k
 of the E expert MLPs; the dense MLP of width E*h that every token uses *whole* holds the same parameters with none
 of the routing's restrictions (each token gets all E*h hidden units instead of k*h, with no router to learn), so
-per optimizer step it is the usual upper bound on what that MoE can learn (Switch and GShard report MoE quality
-between the dense model of its active and the dense model of its total parameters). Here, for each MoE of the
+per optimizer step it is the usual upper bound on what that MoE can learn (Clark et al. 2022, "Unified Scaling Laws
+for Routed Language Models": a routed model's effective size lies between its active and its total parameter count;
+usual, not sure: the wide MLP trains with the recipe's settings, chosen for the dense width). Here, for each MoE of the
 comparison:
 
 - ``dense``: the course shape (SwiGLU MLPs of width H = 512), ``--dense-steps`` steps;
