@@ -291,9 +291,13 @@ def split_text_heldout_play(text: str) -> tuple[str, str, str]:
     if not parts or not 2 <= start < end:
         raise ValueError("--split heldout-play needs Tiny Shakespeare (The Tempest in the reporting half, "
                          "Measure for Measure and then The Taming of the Shrew in the training text)")
-    opening = train_text[start:train_text.find("\n\n", start + len(parts["unseen play"])) + 2]
-    seen = tune_text[:tune_text.find("\n\n", len(parts["seen play"])) + 2]
-    return train_text[:start] + train_text[end:], seen + opening, report_text
+    open_end = train_text.find("\n\n", start + len(parts["unseen play"]))
+    seen_end = tune_text.find("\n\n", len(parts["seen play"]))
+    if not start < open_end < end or seen_end < 0:  # a cut past the play's end, or no blank line to cut at
+        raise ValueError(f"--split heldout-play: the held-out play ({end - start:,} characters) or the tuning half "
+                         f"({len(tune_text):,}) is too short to give the reporting half's {len(parts['unseen play']):,} "
+                         f"unseen and {len(parts['seen play']):,} seen characters")
+    return train_text[:start] + train_text[end:], tune_text[:seen_end + 2] + train_text[start:open_end + 2], report_text
 
 
 SPLITS = {"halves": split_text, "heldout-play": split_text_heldout_play}
@@ -442,6 +446,8 @@ def run(row: str, recipe: Recipe, budget: float, seed: int, *, checks=CHECKS, sc
     """Train ``recipe`` for ``budget`` seconds of wall clock (setup and stopping-rule checks
     included), keep the best checkpoint on the tuning half, then score the reporting half. ``split``:
     the texts (:data:`SPLITS`; ``"heldout-play"`` only for exploration, see :func:`split_text_heldout_play`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     t_start = time.perf_counter()
     text = text if text is not None else load_tinyshakespeare()
     train_text, tune_text, report_text = SPLITS[split](text)

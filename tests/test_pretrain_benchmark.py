@@ -330,6 +330,15 @@ def test_heldout_play_split_refuses_a_text_without_its_plays(bench):
         bench.split_text_heldout_play(_play(400).replace("SPEAKER 0", "Master"))
 
 
+def test_heldout_play_split_refuses_a_play_too_short_for_the_unseen_part_and_run_an_unknown_split(bench):
+    text = _four_plays()
+    short = text.replace("".join(f"ANGELO:\nMeasure line {i}.\n\n" for i in range(20, 250)), "")
+    with pytest.raises(ValueError, match="too short"):
+        bench.split_text_heldout_play(short)
+    with pytest.raises(ValueError, match="split must be one of"):
+        bench.run("tiny", BABY_GPT, budget=1.0, seed=0, text=text, split="halfs")
+
+
 def test_a_run_on_the_heldout_play_split_records_it_and_the_protocol_refuses_the_split(bench, capsys):
     torch.set_num_threads(1)
     recipe = BABY_GPT.with_(n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2)
