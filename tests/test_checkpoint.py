@@ -265,6 +265,21 @@ def test_a_gpt_whose_mlps_were_replaced_round_trips_with_prepare(tmp_path):
     assert torch.equal(loaded(x)[0], model.eval()(x)[0])
 
 
+def test_a_gpt_with_the_previous_token_smear_round_trips_and_rebuilds_from_its_config(tmp_path):
+    from utils.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, smear=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    save_checkpoint(tmp_path / "smear.pt", model)
+    loaded = load_checkpoint(tmp_path / "smear.pt").model  # rebuilt from the stored config alone
+    assert loaded.config.smear and torch.equal(loaded.smear, model.smear)
+    x = torch.randint(32, (2, 8))
+    assert torch.equal(loaded(x)[0], model.eval()(x)[0])
+
+
 # --------------------------------------------------------------------------------------------- hashes and writes
 
 

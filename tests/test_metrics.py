@@ -271,6 +271,21 @@ def test_sliding_window_scores_every_token_once_and_stride_one_equals_token_by_t
         assert M.perplexity(tiny_gpt, ids, stride=stride, block_size=8).n_tokens == 39
 
 
+def test_per_token_nll_is_each_tokens_loss_with_the_sliding_windows_context(tiny_gpt):
+    ids = torch.randint(0, 50, (40,), generator=torch.Generator().manual_seed(5))
+    result = M.perplexity(tiny_gpt, ids, stride=4, block_size=8, per_token=True, batch_size=3)
+    assert result.token_nll.shape == (40,) and result.token_nll[0] == 0  # the first token is given
+    assert result.token_nll.sum().item() == pytest.approx(result.nll, rel=1e-5)
+    with torch.no_grad():  # token t: predicted by the window that scored it (start s = 4k, inputs ids[s:s+8])
+        for t in (1, 8, 9, 13, 39):
+            s = 0 if t <= 8 else 4 * ((t - 9) // 4 + 1)
+            logp = torch.log_softmax(tiny_gpt(ids[None, s:t])[0][0, -1], -1)
+            assert result.token_nll[t].item() == pytest.approx(-logp[ids[t]].item(), rel=1e-5), t
+    assert M.perplexity(tiny_gpt, ids, stride=4, block_size=8).token_nll is None  # only when asked
+    with pytest.raises(TypeError, match="per_token must be True or False"):
+        M.perplexity(tiny_gpt, ids, per_token="yes")
+
+
 def test_bits_per_character_is_the_same_under_two_batchings(tiny_gpt):
     ids = torch.randint(0, 50, (300,), generator=torch.Generator().manual_seed(4))
     a = M.bits_per_character(tiny_gpt, ids, 900, batch_size=1)

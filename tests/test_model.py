@@ -57,6 +57,7 @@ def test_attn_dropout_sets_the_attention_weight_rate_apart_from_the_residual_rat
     dict(n_kv_head=1, tie_weights=False),
     dict(n_kv_head=2, mlp="relu", norm_position="post", ffn_hidden=40),
     dict(n_layer=3, n_head=2, n_embd=48, mlp="swiglu", bias=True, pos="rope", n_kv_head=1),
+    dict(smear=True, pos="rope"),
 ])
 def test_count_parameters_equals_numel_of_the_built_model(kw):
     cfg = _cfg(**kw)
@@ -589,3 +590,46 @@ def test_encoder_decoder_generate_stops_at_eos_and_keeps_finished_rows_at_eos():
     # every row stops at eos -> generation ends early
     all_stop = model.generate(src[:1], 8, start_id=0, eos_id=eos)
     assert all_stop.tolist() == [free[0, :3].tolist()]
+
+
+# ---- previous-token smear (GPTConfig.smear) ------------------------------------------------------
+
+def test_smear_adds_its_multiple_of_the_previous_token_embedding_to_each_position():
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    smeared = GPT(_cfg(smear=True, pos="rope"))
+    with torch.no_grad():  # every parameter random, the smear included (it starts at 0)
+        for p in smeared.parameters():
+            p.normal_(0, 0.5)
+    plain = GPT(_cfg(pos="rope"))
+    plain.load_state_dict({k: v for k, v in smeared.state_dict().items() if k != "smear"})
+    # the textbook formula on the plain model: x_t + smear * x_{t-1}, nothing before the first token
+    plain.wte.register_forward_hook(lambda m, i, out: out + smeared.smear * F.pad(out, (0, 0, 1, 0))[:, :-1])
+    idx = _ids(3, 12)
+    torch.testing.assert_close(smeared(idx)[0], plain(idx)[0], atol=ATOL, rtol=0)
+    plain_again = GPT(_cfg(pos="rope"))
+    plain_again.load_state_dict(plain.state_dict())
+    assert (smeared(idx)[0] - plain_again(idx)[0]).abs().max() > 1e-2  # and the smear does change the output
+
+
+def test_smear_starts_at_zero_so_the_model_starts_as_the_plain_gpt():
+    torch.manual_seed(1)
+    smeared = GPT(_cfg(smear=True))
+    assert torch.equal(smeared.smear, torch.zeros(smeared.config.n_embd))
+    plain = GPT(_cfg())
+    plain.load_state_dict({k: v for k, v in smeared.state_dict().items() if k != "smear"})
+    idx = _ids(2, 10)
+    assert torch.equal(smeared(idx)[0], plain(idx)[0])
+
+
+def test_smear_refuses_what_it_cannot_carry_with_a_clear_error():
+    model = GPT(_cfg(smear=True))
+    with pytest.raises(NotImplementedError, match="use_cache=False"):
+        model(_ids(1, 4), kv_cache=model.new_kv_cache(1))
+    with pytest.raises(NotImplementedError, match="padding mask"):
+        model(_ids(1, 4), attention_mask=torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="smear must be True or False"):
+        _cfg(smear="yes")
+    for cls in (EncoderModel, EncoderDecoder):
+        with pytest.raises(ValueError, match="decoder GPT only"):
+            cls(_cfg(smear=True))

@@ -48,6 +48,12 @@ def _key_padding_mask(mask: torch.Tensor | None, B: int, T: int, name: str) -> t
     return _check_mask_2d(mask, B, T, name)[:, None, None, :]  # (B, 1, 1, T): which keys are real
 
 
+def _refuse_smear(config: GPTConfig, who: str) -> None:
+    if config.smear:
+        raise ValueError(f"GPTConfig.smear=True is for the decoder GPT only (each token mixed with the one before "
+                         f"it); {who} does not apply it, so build it with smear=False")
+
+
 class EncoderModel(nn.Module):
     """BERT-like encoder: bidirectional blocks (every token sees every other) + a masked-LM head.
 
@@ -61,6 +67,7 @@ class EncoderModel(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         _check_config(config, "EncoderModel")
+        _refuse_smear(config, "EncoderModel")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.embed = _Embed(config, self.wte)
@@ -108,6 +115,7 @@ class EncoderDecoder(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         _check_config(config, "EncoderDecoder")
+        _refuse_smear(config, "EncoderDecoder")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.enc_embed = _Embed(config, self.wte)

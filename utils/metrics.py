@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.checks import check_bool
+
 __all__ = [
     "sum_token_nll", "bits_per_character", "PerplexityResult", "perplexity",
     "tokenize_13a", "BLEUScore", "bleu", "CHRFScore", "chrf",
@@ -102,9 +104,10 @@ def _resolve_block_size(model: nn.Module, block_size) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def _window_nll(model: nn.Module, ids: torch.Tensor, windows: list[tuple[int, int, int]], batch_size: int,
-                device) -> float:
+                device, per_token: torch.Tensor | None = None) -> float:
     """Sum of NLL (nats) over windows ``(start, n_inputs, n_skip)``: inputs ids[start:start+n],
-    targets shifted by one; the first ``n_skip`` targets of a window are not counted."""
+    targets shifted by one; the first ``n_skip`` targets of a window are not counted. ``per_token``
+    (float, len(ids)): each counted target's NLL is written at the target's index."""
     total = 0.0
     by_len: dict[int, list[tuple[int, int]]] = {}
     for s, n, skip in windows:
@@ -119,6 +122,8 @@ def _window_nll(model: nn.Module, ids: torch.Tensor, windows: list[tuple[int, in
             nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(len(chunk), n)
             keep = offs.to(device)[None, :] >= torch.tensor([k for _, k in chunk], device=device)[:, None]
             total += nll[keep].sum().item()
+            if per_token is not None:
+                per_token[(idx + 1)[keep.cpu()]] = nll[keep].cpu()
     return total
 
 
@@ -174,12 +179,13 @@ class PerplexityResult:
     bits_per_token: float
     bits_per_character: float | None = None
     bits_per_byte: float | None = None
+    token_nll: torch.Tensor | None = None  # with per_token=True: (len(ids),) NLL of each token, 0 for the first
 
 
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor | list[int], stride: int | None = None, *,
                block_size: int | None = None, text: str | None = None, batch_size: int = 16,
-               device: torch.device | str | None = None) -> PerplexityResult:
+               device: torch.device | str | None = None, per_token: bool = False) -> PerplexityResult:
     """Perplexity of a token stream with the **sliding-window** evaluation.
 
     A window of ``block_size`` inputs moves ``stride`` tokens at a time; each window scores only the
@@ -190,7 +196,8 @@ def perplexity(model: nn.Module, ids: torch.Tensor | list[int], stride: int | No
 
     ``perplexity = exp(sum NLL / n_tokens)`` depends on the tokenizer (a token is a different unit
     for every tokenizer); give ``text`` (the string ``ids`` encodes) to also get bits per character
-    and per UTF-8 byte, which do not.
+    and per UTF-8 byte, which do not. ``per_token=True`` also returns each token's NLL
+    (``token_nll``), to see *where* a model loses (the sum is ``nll``).
     """
     ids = _as_ids(ids)
     if len(ids) < 2:
@@ -215,15 +222,18 @@ def perplexity(model: nn.Module, ids: torch.Tensor | list[int], stride: int | No
         s += stride
     was_training = model.training
     model.eval()
+    check_bool("per_token", per_token)
+    token_nll = torch.zeros(n) if per_token else None
     try:
-        nll = _window_nll(model, ids, windows, batch_size, device)
+        nll = _window_nll(model, ids, windows, batch_size, device, token_nll)
     finally:
         model.train(was_training)
     count = n - 1
     bpc = nll / len(text) / math.log(2) if text else None
     bpb = nll / len(text.encode("utf-8")) / math.log(2) if text else None
     return PerplexityResult(nll=nll, n_tokens=count, perplexity=math.exp(nll / count),
-                            bits_per_token=nll / count / math.log(2), bits_per_character=bpc, bits_per_byte=bpb)
+                            bits_per_token=nll / count / math.log(2), bits_per_character=bpc, bits_per_byte=bpb,
+                            token_nll=token_nll)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,6 +75,11 @@ class GPTConfig:
     aux_loss_coef, z_loss_coef, n_shared_expert (always-on experts), moe_hybrid (a dense MLP of width
     resolved_ffn_hidden mixed with the experts by learned coefficients), routed_scaling_factor (multiplies
     the routed experts' weighted sum; 1.0 = Mixtral, DeepSeek-V3 uses 2.5).
+    smear: previous-token smear (decoder :class:`GPT` only): each position's token embedding plus a
+    learned per-channel multiple (initialised to 0) of the previous position's, as modded-nanogpt's
+    "smear". Every layer then sees the previous token, so a single attention layer can match "the
+    token before" (the first half of an induction head); a benchmark lever, for whole sequences only
+    (KV-cache decoding, past_key_values and attention_mask are refused).
 
     Every field is checked in :meth:`validate` (run on creation): a later field (e.g. Mixture of
     Experts) adds its check there.
@@ -110,6 +115,7 @@ class GPTConfig:
     n_shared_expert: int = 0
     moe_hybrid: bool = False
     routed_scaling_factor: float = 1.0
+    smear: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,7 +126,7 @@ class GPTConfig:
             value = getattr(self, name)
             if not is_int(value, allow_numpy=False) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
-        for name in ("bias", "tie_weights"):
+        for name in ("bias", "tie_weights", "smear"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"GPTConfig.{name} must be True or False, got {value!r} (a string such as "
@@ -478,6 +484,8 @@ class GPT(nn.Module):
         _init_weights(self, config.n_layer)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix: token -> vector and vector -> token scores
+        # previous-token smear (config.smear): 0 at first, so the model starts as the plain GPT
+        self.smear = nn.Parameter(torch.zeros(config.n_embd)) if config.smear else None
         self.aux_stats: list[dict] = []
         self.loss_parts: dict | None = None
 
@@ -541,11 +549,18 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} is longer than the context window block_size="
                              f"{cfg.block_size}; crop the input to its last {cfg.block_size} tokens")
         total = past + T
+        if self.smear is not None and (kv_cache is not None or past_key_values is not None
+                                       or attention_mask is not None):
+            raise NotImplementedError("GPTConfig.smear=True mixes each token with the one before it, which a KV "
+                                      "cache, past_key_values or a padding mask would have to carry; this model "
+                                      "scores whole sequences only (generate with use_cache=False, no padding)")
         try:
             x = self.wte(idx)
         except IndexError:
             _check_idx(idx, cfg.vocab_size)  # raises the clear error
             raise
+        if self.smear is not None:  # x_t + smear * x_{t-1} (the first position has no token before it)
+            x = x + self.smear.to(x.dtype) * F.pad(x, (0, 0, 1, 0))[:, :-1]
 
         # Padding: which keys are real (B, total) and which new tokens are (B, T). Everything that
         # can fail is checked before the cache's padding record is written (at the end).

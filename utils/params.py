@@ -148,7 +148,7 @@ def count_parameters(config: GPTConfig, active: bool = False) -> int:
         dense_mlp = 3 * C * f + b * (2 * f + C) if config.mlp == "swiglu" else 2 * C * f + b * (f + C)
         moe = moe_parameter_counts(moe_config(config))["active" if active else "total"]
         count += n_moe * (moe - dense_mlp)
-    return count
+    return count + (config.n_embd if config.smear else 0)  # the smear's per-channel multiple
 
 
 def memory_footprint(n_params: int) -> dict[str, float]:

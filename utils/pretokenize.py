@@ -22,7 +22,7 @@ import regex
 
 from utils.unicode_tables import UNICODE16_LETTERS, UNICODE16_NUMBERS, parse_ranges
 
-__all__ = ["GPT2_SPLIT_PATTERN", "GPT4_SPLIT_PATTERN", "split_text", "compile_split_pattern", "check_pattern"]
+__all__ = ["GPT2_SPLIT_PATTERN", "GPT4_SPLIT_PATTERN", "CAPS_SPLIT_PATTERN", "split_text", "compile_split_pattern", "check_pattern"]
 
 # GPT-2's split pattern as tiktoken writes it (r50k_base): equivalent to the original GPT-2 regex
 # r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""" but faster.
@@ -31,6 +31,12 @@ GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{
 # letters with at most one leading non-letter, numbers in groups of at most 3 digits, punctuation
 # runs that swallow following newlines, and whitespace runs that leave their last space to the next word.
 GPT4_SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+
+# GPT-4's pattern, except that a capital letter followed by another capital is a chunk of its own: a word in
+# capitals that starts a line (a speaker name such as "PROSPERO:") is spelled in single letters, so BPE learns no
+# pieces of it. (After a space GPT-4's alternative wins: " AND" stays one chunk with its space.)
+# A pretraining lever tried by benchmarks/pretrain_cpu.py (its seventh round; ``Recipe.pretokenizer``).
+CAPS_SPLIT_PATTERN = r"\p{Lu}(?=\p{Lu})|" + GPT4_SPLIT_PATTERN
 
 
 def split_text(text: str, pattern: str | None) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from utils.pretokenize import CAPS_SPLIT_PATTERN, GPT4_SPLIT_PATTERN
 from utils.runtime import DATA_DIR, set_seed
 
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
@@ -34,6 +35,8 @@ EOT = "<|endoftext|>"  # separates plays in the training text; use it as eos whe
 
 
 OPTIMIZERS = ("adamw", "muon")
+# The BPE pre-tokenizer of a recipe (``Recipe.pretokenizer``): a name for each regex of utils.pretokenize
+PRETOKENIZERS = {"gpt4": GPT4_SPLIT_PATTERN, "gpt4-caps-split": CAPS_SPLIT_PATTERN}
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
 
 
@@ -107,6 +110,19 @@ class Recipe:
     muon_lr: float | None = None
     muon_weight_decay: float | None = None
     muon_adjust_lr: str = "match_rms_adamw"
+    # Previous-token smear (:class:`utils.model.GPTConfig` ``smear``): each token embedding plus a learned
+    # multiple of the one before it. Tried by benchmarks/pretrain_cpu.py's seventh round (see its docstring);
+    # False in the course recipe.
+    smear: bool = False
+    # The BPE pre-tokenizer (:data:`PRETOKENIZERS`): "gpt4" (the course's), or "gpt4-caps-split" (a word in capitals
+    # that starts a line, e.g. a speaker name, spelled in single letters). Applied by benchmarks/pretrain_cpu.py; "gpt4" in the course recipe (the seventh
+    # round's caps split lost on its tuning text).
+    pretokenizer: str = "gpt4"
+
+    @property
+    def split_pattern(self) -> str:
+        """The regex of :attr:`pretokenizer` (for ``BPETokenizer.train(..., pattern=)``)."""
+        return PRETOKENIZERS[self.pretokenizer]
 
     def __post_init__(self) -> None:
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
@@ -137,6 +153,8 @@ class Recipe:
             if muon_set:
                 raise ValueError(f"Recipe sets {', '.join(muon_set)} but optimizer={self.optimizer!r}; "
                                  "the muon_* fields need optimizer='muon'")
+        if self.pretokenizer not in PRETOKENIZERS:
+            raise ValueError(f"Recipe.pretokenizer must be one of {list(PRETOKENIZERS)}, got {self.pretokenizer!r}")
         if self.bpe_dropout and self.vocab_size is None:
             raise ValueError(f"Recipe.bpe_dropout={self.bpe_dropout} needs a BPE tokenizer; vocab_size is None (characters)")
         try:  # the model and training fields are checked by the configs they become
@@ -151,7 +169,8 @@ class Recipe:
 
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         norm=self.norm, mlp=self.mlp, pos=self.pos, attn_dropout=self.attn_dropout)
+                         norm=self.norm, mlp=self.mlp, pos=self.pos, attn_dropout=self.attn_dropout,
+                         smear=self.smear)
 
     def train_config(self, max_steps: int = 10**9, time_budget_s: float | None = None, **overrides):
         """The :class:`utils.training.TrainConfig` (``overrides`` e.g. ``progress=False``)."""
