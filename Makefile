@@ -25,7 +25,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # -p tests.nbval_run_twice: each notebook runs a second time in the same kernel ("Run all" again, no restart)
 NBVAL     := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 -p tests.nbval_run_twice
 
-.PHONY: help setup test unit notebooks test-browser lab execute pretrain finetune benchmarks sync-setup-cell clean
+.PHONY: help setup test unit notebooks test-browser lab execute pretrain finetune sync-setup-cell clean
 
 help:
 	@echo "make setup         create .venv and install the course (the right torch build first, then requirements)"

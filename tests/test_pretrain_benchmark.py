@@ -348,3 +348,46 @@ def test_a_run_on_the_heldout_play_split_records_it_and_the_protocol_refuses_the
     with pytest.raises(SystemExit):
         bench.main(["--next", "1", "--split", "heldout-play"])
     assert "--split goes with --explore" in capsys.readouterr().err
+
+
+def test_explore_rows_read_true_and_false_for_bool_fields_and_refuse_anything_else(bench):
+    assert bench.explore_recipe("ours smear=True threads=2")[0].smear is True
+    assert bench.explore_recipe("ours compile=False threads=1") == (COURSE_RECIPE.with_(compile=False), 1)
+    with pytest.raises(ValueError, match="smear must be True or False, got 'false'"):
+        bench.explore_recipe("ours smear=false")  # bool("false") would have been True
+
+
+def test_the_pretokenizer_of_a_recipe_chooses_the_bpe_split_and_bad_names_are_refused(bench):
+    from utils.pretokenize import CAPS_SPLIT_PATTERN, GPT4_SPLIT_PATTERN
+
+    assert COURSE_RECIPE.split_pattern == GPT4_SPLIT_PATTERN
+    caps = COURSE_RECIPE.with_(vocab_size=300, pretokenizer="gpt4-caps-split")
+    assert caps.split_pattern == CAPS_SPLIT_PATTERN
+    with pytest.raises(ValueError, match="pretokenizer must be one of \\['gpt4', 'gpt4-caps-split'\\]"):
+        Recipe(pretokenizer="gpt2")
+    text = _play(300)
+    train, tune, report = bench.split_text(text)
+    *_, dec = bench.encode(caps, train, {"tune": tune}, text)
+    plain_ids, _, _, _, plain_dec = bench.encode(COURSE_RECIPE.with_(vocab_size=300), train, {}, text)
+    caps_ids = bench.encode(caps, train, {}, text)[0]
+    # the speaker names start their lines, so the caps split spells them in letters: no token holds two capitals
+    assert not any(sum(ch.isupper() for ch in dec([int(i)])) > 1 for i in caps_ids.unique())
+    assert any(sum(ch.isupper() for ch in plain_dec([int(i)])) > 1 for i in plain_ids.unique())
+
+
+def test_caps_split_spells_a_capitalised_word_at_a_line_start_but_keeps_one_after_a_space():
+    from utils.pretokenize import CAPS_SPLIT_PATTERN, split_text
+
+    assert split_text("\n\nPROSPERO:\nWhy, AND I", CAPS_SPLIT_PATTERN) == [
+        "\n\n", "P", "R", "O", "S", "P", "E", "R", "O", ":\n", "Why", ",", " AND", " I"]
+
+
+def test_run_hands_back_the_model_it_scored_and_its_tokenizer_when_asked(bench):
+    torch.set_num_threads(1)
+    recipe = COURSE_RECIPE.with_(vocab_size=300, n_layer=1, n_embd=32, n_head=2, block_size=32, warmup_steps=2)
+    text, keep = _play(1500), {}
+    r = bench.run("tiny keep", recipe, budget=3.0, seed=0, text=text, keep=keep)
+    report = bench.split_text(text)[2]
+    ids = torch.tensor(keep["encode"]("\n" + report))
+    assert keep["decode"](ids[1:].tolist()) == report
+    assert round(bench.score_bpc(keep["model"], ids, len(report)), 4) == r["report_bpc"]
