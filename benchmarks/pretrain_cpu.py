@@ -176,8 +176,8 @@ half; the recipe is unchanged.
 Seventh round: where the gap is, and two levers aimed at it
 -----------------------------------------------------------
 ``benchmarks/pretrain_gap.py`` gives every character the loss of the token that predicts it (each model trained as a
-``--split heldout-play`` exploration run, seed 0; ``pretrain_gap.json``). On The Tempest, the speaker lines (names the
-training text never has, ``PROSPERO:``, ``GONZALO:``...) are 7.7% of the characters and cost ours 5.60 bits per
+``--split heldout-play`` exploration run, seed 0; ``pretrain_gap.json``). On The Tempest, the speaker lines (``PROSPERO:``,
+``GONZALO:``...: none of these names speaks in the training text) are 7.7% of the characters and cost ours 5.60 bits per
 character against the baby's 4.44 (1.26x), while on the words the training text has ours needs 0.82x the baby's bits.
 Of that part's distance from the goal, +0.147 bits per character (sum of ours less 0.85 x the baby's), the speaker
 lines make +0.141; without them ours / baby would be 0.853 there (0.797 on the Shrew part, where ours knows the

@@ -207,6 +207,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor | list[int], stride: int | No
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= block_size:
         raise ValueError(f"stride must be an int in 1..block_size={block_size}, got {stride!r}")
     _check_int("batch_size", batch_size, 1)
+    check_bool("per_token", per_token)
     if text is not None:
         _check_str("text", text)
         if not text:
@@ -220,10 +221,9 @@ def perplexity(model: nn.Module, ids: torch.Tensor | list[int], stride: int | No
         windows.append((s, length, done - s if done > s else 0))
         done = end
         s += stride
+    token_nll = torch.zeros(n) if per_token else None
     was_training = model.training
     model.eval()
-    check_bool("per_token", per_token)
-    token_nll = torch.zeros(n) if per_token else None
     try:
         nll = _window_nll(model, ids, windows, batch_size, device, token_nll)
     finally:

@@ -114,9 +114,9 @@ class Recipe:
     # multiple of the one before it. Tried by benchmarks/pretrain_cpu.py's seventh round (see its docstring);
     # False in the course recipe.
     smear: bool = False
-    # The BPE pre-tokenizer (:data:`PRETOKENIZERS`): "gpt4" (the course's), or "gpt4-caps-split" (a word in capitals
-    # that starts a line, e.g. a speaker name, spelled in single letters). Applied by benchmarks/pretrain_cpu.py; "gpt4" in the course recipe (the seventh
-    # round's caps split lost on its tuning text).
+    # The BPE pre-tokenizer (:data:`PRETOKENIZERS`): "gpt4" (the course's), or "gpt4-caps-split" (a word in
+    # capitals that starts a line, e.g. a speaker name, spelled in single letters). Applied by
+    # benchmarks/pretrain_cpu.py; "gpt4" in the course recipe (the seventh round's caps split lost on its tuning text).
     pretokenizer: str = "gpt4"
 
     @property
