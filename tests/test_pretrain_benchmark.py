@@ -365,6 +365,8 @@ def test_the_pretokenizer_of_a_recipe_chooses_the_bpe_split_and_bad_names_are_re
     assert caps.split_pattern == CAPS_SPLIT_PATTERN
     with pytest.raises(ValueError, match="pretokenizer must be one of \\['gpt4', 'gpt4-caps-split'\\]"):
         Recipe(pretokenizer="gpt2")
+    with pytest.raises(TypeError, match="Recipe: GPTConfig.smear must be True or False"):
+        Recipe(smear="yes")
     text = _play(300)
     train, tune, report = bench.split_text(text)
     *_, dec = bench.encode(caps, train, {"tune": tune}, text)
